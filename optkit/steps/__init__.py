@@ -1,0 +1,105 @@
+"""Model -> model transforms (rewrites, speed settings, compression), found by a registry.
+
+Each module in this package that defines `STEP = Step(...)` is a step; adding a technique is
+one new file. Nothing here imports TensorFlow: modules are imported on first lookup, and a
+step's `apply` imports what it needs through optkit.keras_io.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from optkit.errors import UserError
+
+
+@dataclass
+class StepContext:
+    """What a step may use besides the model. `data` is an optkit.data.Dataset (or None)."""
+
+    data: Any = None
+    epochs: int = 2
+    batch_size: int = 32
+    progress: bool = True
+    workdir: Optional[str] = None
+    seed: int = 0
+    extra: Dict[str, Any] = field(default_factory=dict)   # e.g. distribution strategy
+
+
+@dataclass
+class StepResult:
+    model: Any
+    info: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Step:
+    name: str
+    help: str
+    apply: Callable[..., StepResult]
+    # option name -> (type, default, help); `--step name:k=v` values are parsed with `type`.
+    options: Dict[str, Tuple[type, Any, str]] = field(default_factory=dict)
+    kind: str = "compression"   # rewrite | speed | compression
+
+    def parse_options(self, raw: Dict[str, str]) -> Dict[str, Any]:
+        """Validate `k=v` strings against the declared options; unknown keys are rejected."""
+        out = {k: default for k, (_, default, _) in self.options.items()}
+        for key, value in raw.items():
+            if key not in self.options:
+                known = ", ".join(sorted(self.options)) or "none"
+                raise UserError(f"step '{self.name}' has no option '{key}' (options: {known})")
+            typ = self.options[key][0]
+            out[key] = _convert(self.name, key, value, typ)
+        return out
+
+
+def _convert(step, key, value, typ):
+    if not isinstance(value, str):
+        return value
+    try:
+        if typ is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        return typ(value)
+    except ValueError:
+        raise UserError(f"step '{step}': option '{key}' expects {typ.__name__}, got '{value}'") from None
+
+
+def registry() -> Dict[str, Step]:
+    """All steps, by name (imports each step module; none imports TensorFlow at module level)."""
+    steps = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        declared = getattr(module, "STEPS", None) or ([module.STEP] if hasattr(module, "STEP") else [])
+        for step in declared:
+            steps[step.name] = step
+    return steps
+
+
+def get(name: str) -> Step:
+    steps = registry()
+    if name not in steps:
+        import difflib
+
+        close = difflib.get_close_matches(name, steps, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(f"unknown step '{name}'{hint}; known: {', '.join(sorted(steps))}")
+    return steps[name]
+
+
+def parse_step_spec(spec: str) -> Tuple[str, Dict[str, str]]:
+    """'prune:sparsity=0.5,schedule=constant' -> ('prune', {'sparsity': '0.5', 'schedule': 'constant'})."""
+    name, _, rest = spec.partition(":")
+    options = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq or not key:
+            raise UserError(f"bad step option '{part}' in '{spec}': expected key=value")
+        options[key.strip()] = value.strip()
+    return name.strip(), options
