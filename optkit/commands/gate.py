@@ -1,0 +1,90 @@
+"""`optkit gate`: fail CI when a candidate is slower than its baseline (logic in optkit.gate).
+
+Exit codes: 0 pass, 3 regression, 4 inconclusive (too few samples, or a slowdown above the
+tolerance that is not significant, or a --confirm rerun that disagreed), 2 bad input.
+"""
+from __future__ import annotations
+
+import json
+
+import click
+
+from optkit import gate
+
+
+class _Percent(click.ParamType):
+    name = "PCT"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        from optkit.errors import UserError
+
+        try:
+            return gate.parse_percent(value)
+        except UserError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@click.command("gate")
+@click.option("--baseline", "-a", required=True, metavar="A",
+              help="Baseline: an artifact (.tflite/.onnx, measured now) or a bench JSON with samples_ms.")
+@click.option("--candidate", "-b", required=True, metavar="B",
+              help="Candidate: same kind as the baseline.")
+@click.option("--max-slowdown", type=_Percent(), default="10%", show_default=True,
+              help="Tolerated median slowdown, e.g. 10%.")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=gate.DEFAULT_ALPHA, show_default=True,
+              help="Significance level of the one-sided Mann-Whitney U test.")
+@click.option("--min-samples", type=click.IntRange(2), default=gate.DEFAULT_MIN_SAMPLES,
+              show_default=True, help="Fewer samples in either set -> inconclusive (exit 4).")
+@click.option("--max-growth", type=_Percent(), default="10%", show_default=True,
+              help="Tolerated growth of size, parameters and FLOPs.")
+@click.option("--confirm", is_flag=True,
+              help="Re-measure a regression from scratch; it stands only if the rerun agrees.")
+@click.option("--runtime", default=None, help="Runtime for artifacts (default: by file type).")
+@click.option("--threads", type=click.IntRange(1), default=None, help="Threads for artifacts.")
+@click.option("--batch", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--warmup", type=click.IntRange(0), default=10, show_default=True)
+@click.option("--min-time", type=click.FloatRange(0), default=2.0, show_default=True,
+              help="Seconds of timed runs per artifact (interleaved A/B).")
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON on stdout.")
+@click.pass_context
+def gate_cmd(ctx, baseline, candidate, max_slowdown, alpha, min_samples, max_growth, confirm,
+             runtime, threads, batch, warmup, min_time, as_json):
+    """Decide whether CANDIDATE is slower than BASELINE.
+
+    Regression = Mann-Whitney U p < ALPHA and median slowdown above --max-slowdown, or a
+    deterministic check (size, parameters, FLOPs, validation) failing. Exit 0 pass,
+    3 regression, 4 inconclusive.
+    """
+    result = gate.run_gate(baseline, candidate, alpha=alpha, max_slowdown=max_slowdown,
+                           min_samples=min_samples, max_growth=max_growth, confirm=confirm,
+                           runtime=runtime, threads=threads, batch=batch, warmup=warmup,
+                           min_time=min_time, progress=lambda m: click.echo(m, err=True))
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        click.echo(_render(result))
+    for check in result.checks:
+        if check.status == "warn":
+            click.echo(f"optkit: warning: {check.reason}", err=True)
+    if result.decision == gate.INCONCLUSIVE:
+        click.echo(f"optkit: warning: gate inconclusive (exit 4): {result.decided_by}", err=True)
+    ctx.exit(result.exit_code)
+
+
+def _render(result) -> str:
+    lines = [f"gate: {result.decision.upper()}", f"  decided by: {result.decided_by}"]
+    if result.median_ratio is not None:
+        lines.append(f"  median {result.baseline_median_ms:.4g} ms -> {result.candidate_median_ms:.4g} ms "
+                     f"(x{result.median_ratio:.3f}), p={_fmt(result.p_value)}, "
+                     f"n={result.n_baseline}/{result.n_candidate}")
+    for c in result.checks:
+        lines.append(f"  check {c.name}: {c.status}"
+                     + (f" ({c.baseline} -> {c.candidate}; {c.reason})" if c.status != "skipped" else ""))
+    return "\n".join(lines)
+
+
+def _fmt(p):
+    return "n/a" if p is None else f"{p:.3g}"

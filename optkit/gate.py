@@ -1,0 +1,407 @@
+"""The latency gate: is a candidate slower than its baseline, beyond noise and beyond a tolerance?
+
+A regression needs two things at once (issue 7):
+  * evidence   - a one-sided Mann-Whitney U test says the candidate's latencies are stochastically
+                 larger than the baseline's, p < alpha (default 0.01). Rank-based, so the long right
+                 tail that every latency distribution has on a shared machine does not swamp it.
+  * magnitude  - the candidate's median is more than `max_slowdown` above the baseline's median.
+                 With hundreds of samples a 1 % slowdown is "significant"; it is not a regression
+                 the user cares about.
+Too few samples in either set -> "inconclusive": the test has no power there, and a gate that
+passes because it could not see is worse than one that says so. A slowdown above the tolerance
+that is not significant is also "inconclusive" (measure more), never a silent pass.
+
+Beside latency, deterministic checks compare what does not need statistics: file size,
+parameters, FLOPs (when the bench JSON carries them) and the validation status. Every result
+says which test and which numbers decided it (`decided_by`).
+
+Samples come either from two bench JSON files with raw `samples_ms`, or are measured now by
+`measure_interleaved`, alternating baseline and candidate call by call in one process so that
+machine drift (another job starting, thermal throttling) hits both sets alike.
+
+TensorFlow-free and importable on Python 3.8; scipy is imported only when a decision is made.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from optkit.errors import UserError
+
+PASS, REGRESSION, INCONCLUSIVE = "pass", "regression", "inconclusive"
+
+DEFAULT_ALPHA = 0.01
+DEFAULT_MAX_SLOWDOWN = 0.10
+# Below ~20 samples a one-sided U test at alpha 0.01 needs an almost perfect separation of the
+# two sets to reject; 30 keeps it usable while still demanding more than a handful of runs.
+DEFAULT_MIN_SAMPLES = 30
+# Size, parameters and FLOPs are exact numbers: growth past this fraction fails the gate.
+DEFAULT_MAX_GROWTH = 0.10
+
+# Exit codes of `optkit gate`: 0 pass, 3 regression (the CLI contract), 4 inconclusive (a gate
+# that could not decide must not look like a pass in CI; see docs/ci-gate.md).
+EXIT_CODES = {PASS: 0, REGRESSION: 3, INCONCLUSIVE: 4}
+
+
+@dataclass
+class Check:
+    """One deterministic comparison beside latency."""
+
+    name: str                       # size_bytes | params | flops | validation | same_device
+    status: str                     # pass | fail | skipped | warn
+    baseline: Any = None
+    candidate: Any = None
+    limit: Any = None
+    reason: str = ""
+
+    def to_json(self):
+        return {"name": self.name, "status": self.status, "baseline": self.baseline,
+                "candidate": self.candidate, "limit": self.limit, "reason": self.reason}
+
+
+@dataclass
+class GateResult:
+    decision: str
+    median_ratio: Optional[float]
+    p_value: Optional[float]
+    n_baseline: int
+    n_candidate: int
+    baseline_median_ms: Optional[float]
+    candidate_median_ms: Optional[float]
+    alpha: float
+    max_slowdown: float
+    min_samples: int
+    decided_by: str
+    test: str = "mann-whitney-u (one-sided: candidate slower)"
+    checks: List[Check] = field(default_factory=list)
+    confirmation: Optional[Dict[str, Any]] = None   # the rerun's own result, when --confirm ran
+
+    @property
+    def exit_code(self):
+        return EXIT_CODES[self.decision]
+
+    def to_json(self):
+        return {
+            "decision": self.decision,
+            "median_ratio": _round(self.median_ratio, 6),
+            "p_value": self.p_value,
+            "n_baseline": self.n_baseline,
+            "n_candidate": self.n_candidate,
+            "baseline_median_ms": _round(self.baseline_median_ms, 6),
+            "candidate_median_ms": _round(self.candidate_median_ms, 6),
+            "alpha": self.alpha,
+            "max_slowdown": self.max_slowdown,
+            "min_samples": self.min_samples,
+            "test": self.test,
+            "decided_by": self.decided_by,
+            "checks": [c.to_json() for c in self.checks],
+            "confirmation": self.confirmation,
+        }
+
+
+def _round(value, digits):
+    return None if value is None else round(float(value), digits)
+
+
+def parse_percent(text) -> float:
+    """'10%' or '10' -> 0.10 (a bare number is a percentage too, so '0.5' means 0.5 %)."""
+    raw = str(text).strip()
+    number = raw[:-1].strip() if raw.endswith("%") else raw
+    try:
+        value = float(number)
+    except ValueError:
+        raise UserError(f"not a percentage: {text!r} (expected e.g. 10%)") from None
+    if not math.isfinite(value) or value < 0:
+        raise UserError(f"percentage must be a finite number >= 0, got {text!r}")
+    return value / 100.0
+
+
+# ----------------------------------------------------------------------------------- latency test
+def _mann_whitney_greater(candidate: Sequence[float], baseline: Sequence[float]) -> float:
+    """p-value of H1: candidate latencies are stochastically greater than the baseline's."""
+    try:
+        from scipy.stats import mannwhitneyu
+    except ImportError:
+        raise UserError("the latency gate needs scipy for the Mann-Whitney U test: "
+                        "pip install 'optkit[report]' (or pip install scipy)") from None
+    return float(mannwhitneyu(candidate, baseline, alternative="greater").pvalue)
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(float(v) for v in values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0
+
+
+def _clean_samples(samples, label) -> List[float]:
+    try:
+        values = [float(v) for v in samples]
+    except (TypeError, ValueError):
+        raise UserError(f"{label}: samples_ms must be a list of numbers") from None
+    bad = [v for v in values if not math.isfinite(v) or v < 0]
+    if bad:
+        raise UserError(f"{label}: samples_ms holds {len(bad)} negative or non-finite values")
+    return values
+
+
+def latency_decision(baseline_ms, candidate_ms, *, alpha=DEFAULT_ALPHA,
+                     max_slowdown=DEFAULT_MAX_SLOWDOWN, min_samples=DEFAULT_MIN_SAMPLES) -> GateResult:
+    """Decide on latency alone from two sample sets (milliseconds)."""
+    base = _clean_samples(baseline_ms, "baseline")
+    cand = _clean_samples(candidate_ms, "candidate")
+    if not 0 < alpha < 1:
+        raise UserError(f"alpha must be between 0 and 1, got {alpha}")
+    if min_samples < 2:
+        raise UserError(f"min-samples must be at least 2, got {min_samples}")
+    common = dict(n_baseline=len(base), n_candidate=len(cand), alpha=alpha,
+                  max_slowdown=max_slowdown, min_samples=min_samples)
+    if len(base) < min_samples or len(cand) < min_samples:
+        med_b = _median(base) if base else None
+        med_c = _median(cand) if cand else None
+        ratio = med_c / med_b if med_b and med_c is not None else None
+        return GateResult(INCONCLUSIVE, ratio, None, baseline_median_ms=med_b, candidate_median_ms=med_c,
+                          decided_by=(f"too few samples: baseline n={len(base)}, candidate n={len(cand)}, "
+                                      f"need at least {min_samples} each"), **common)
+    med_b, med_c = _median(base), _median(cand)
+    if med_b <= 0:
+        raise UserError("baseline median latency is 0 ms; the timer resolution is too coarse to compare")
+    ratio = med_c / med_b
+    p = _mann_whitney_greater(cand, base)
+    limit = 1.0 + max_slowdown
+    numbers = (f"median {med_b:.4g} -> {med_c:.4g} ms (ratio {ratio:.3f}, limit {limit:.3f}), "
+               f"Mann-Whitney U one-sided p={p:.3g} (alpha {alpha:g}), n={len(base)}/{len(cand)}")
+    if p < alpha and ratio > limit:
+        decision, why = REGRESSION, "latency regression: significant AND above the tolerance"
+    elif ratio > limit:
+        decision, why = INCONCLUSIVE, "slowdown above the tolerance but not significant (measure more)"
+    elif p < alpha:
+        decision, why = PASS, "pass: significantly slower but within the tolerance"
+    else:
+        decision, why = PASS, "pass: no significant slowdown beyond the tolerance"
+    return GateResult(decision, ratio, p, baseline_median_ms=med_b, candidate_median_ms=med_c,
+                      decided_by=f"{why}; {numbers}", **common)
+
+
+# ---------------------------------------------------------------------------- deterministic checks
+def _number(meta, *keys):
+    for key in keys:
+        value = meta.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _validation_ok(meta) -> Optional[bool]:
+    """The validation status a bench/export record carries: parity.ok, validation.ok or status."""
+    for key in ("parity", "validation"):
+        block = meta.get(key)
+        if isinstance(block, dict) and isinstance(block.get("ok"), bool):
+            return block["ok"]
+    status = meta.get("status")
+    if isinstance(status, str) and status:
+        return status == "ok"
+    return None
+
+
+def deterministic_checks(baseline_meta: Dict[str, Any], candidate_meta: Dict[str, Any], *,
+                         max_growth=DEFAULT_MAX_GROWTH) -> List[Check]:
+    """Size, parameters, FLOPs (growth above `max_growth` fails), validation, same device."""
+    checks = []
+    limit = 1.0 + max_growth
+    for name, keys in (("size_bytes", ("size_bytes",)), ("params", ("params", "parameters")),
+                       ("flops", ("flops",))):
+        b, c = _number(baseline_meta, *keys), _number(candidate_meta, *keys)
+        if b is None or c is None:
+            checks.append(Check(name, "skipped", b, c, None, "not recorded for both"))
+        elif b == 0:
+            checks.append(Check(name, "pass" if c == 0 else "fail", b, c, 0, "baseline is 0"))
+        else:
+            ok = c / b <= limit
+            checks.append(Check(name, "pass" if ok else "fail", b, c, round(limit, 6),
+                                f"ratio {c / b:.3f} {'<=' if ok else '>'} {limit:.3f}"))
+    vb, vc = _validation_ok(baseline_meta), _validation_ok(candidate_meta)
+    if vc is None:
+        checks.append(Check("validation", "skipped", vb, vc, True, "candidate carries no validation status"))
+    else:
+        checks.append(Check("validation", "pass" if vc else "fail", vb, vc, True,
+                            "candidate validated" if vc else "candidate failed validation"))
+    db, dc = baseline_meta.get("device"), candidate_meta.get("device")
+    if db and dc and db != dc:
+        # Latencies from two machines (or two configurations) do not compare; say so loudly.
+        diff = sorted(k for k in set(db) | set(dc) if db.get(k) != dc.get(k))
+        checks.append(Check("same_device", "warn", None, None, None,
+                            "baseline and candidate were measured on different devices/settings: "
+                            + ", ".join(diff)))
+    return checks
+
+
+def decide(baseline_ms, candidate_ms, *, baseline_meta=None, candidate_meta=None,
+           alpha=DEFAULT_ALPHA, max_slowdown=DEFAULT_MAX_SLOWDOWN, min_samples=DEFAULT_MIN_SAMPLES,
+           max_growth=DEFAULT_MAX_GROWTH) -> GateResult:
+    """Latency decision plus deterministic checks; a failed check is a regression on its own."""
+    result = latency_decision(baseline_ms, candidate_ms, alpha=alpha, max_slowdown=max_slowdown,
+                              min_samples=min_samples)
+    result.checks = deterministic_checks(baseline_meta or {}, candidate_meta or {}, max_growth=max_growth)
+    failed = [c for c in result.checks if c.status == "fail"]
+    if failed:
+        latency_part = f"latency alone: {result.decision} ({result.decided_by})"
+        result.decision = REGRESSION
+        result.decided_by = ("deterministic check failed: "
+                             + "; ".join(f"{c.name} {c.baseline} -> {c.candidate} ({c.reason})" for c in failed)
+                             + f"; {latency_part}")
+    return result
+
+
+# ----------------------------------------------------------------------------------------- inputs
+@dataclass
+class SampleSet:
+    samples_ms: List[float]
+    meta: Dict[str, Any]          # size_bytes, params, flops, parity/status, device, path, ...
+    source: str
+
+
+def load_bench_json(path) -> SampleSet:
+    """A bench JSON (`optkit bench --json`) with exactly one result holding raw `samples_ms`."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UserError(f"{path} is not valid JSON: {exc}") from None
+    if isinstance(doc, dict) and isinstance(doc.get("results"), list):
+        results = doc["results"]
+        env = doc.get("env") or {}
+    elif isinstance(doc, dict) and "samples_ms" in doc:
+        results, env = [doc], {}
+    else:
+        raise UserError(f"{path}: expected bench JSON with a 'results' list (optkit bench --json)")
+    with_samples = [r for r in results if isinstance(r, dict) and r.get("samples_ms")]
+    if len(with_samples) != 1:
+        raise UserError(f"{path}: the gate compares one result with raw samples_ms; found "
+                        f"{len(with_samples)} (of {len(results)} results) - bench one artifact per file")
+    result = dict(with_samples[0])
+    meta = {k: v for k, v in result.items() if k != "samples_ms"}
+    device = result.get("device") or (env.get("device") if isinstance(env, dict) else None)
+    if device:
+        meta["device"] = device
+    return SampleSet(_clean_samples(result["samples_ms"], str(path)), meta, str(path))
+
+
+def is_bench_json(path) -> bool:
+    return str(path).lower().endswith(".json")
+
+
+def _random_inputs(predictor, batch, seed):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for spec in predictor.inputs:
+        # Dynamic dims (None / -1) become 1, then the leading (batch) dim is the requested batch.
+        shape = [int(d) if isinstance(d, int) and d > 0 else 1 for d in spec.shape]
+        if shape:
+            shape[0] = batch
+        arrays.append(rng.random(shape, dtype=np.float32))
+    return arrays
+
+
+def measure_interleaved(baseline: Callable[[], Any], candidate: Callable[[], Any], *, warmup=10,
+                        min_time=2.0, min_runs=50, max_runs=100000, seed=0,
+                        clock=time.perf_counter) -> Tuple[List[float], List[float]]:
+    """Time two zero-argument calls alternately; returns (baseline_ms, candidate_ms).
+
+    Each round times both once, in an order drawn at random per round: a fixed A-then-B order
+    would charge any "second call after a switch" effect (caches, frequency ramps) to one side.
+    Runs until both `min_time` seconds per side and `min_runs` rounds are reached.
+    """
+    import random
+
+    order = random.Random(seed)
+    for _ in range(max(0, warmup)):
+        baseline()
+        candidate()
+    a_ms, b_ms = [], []
+    spent_a = spent_b = 0.0
+    while len(a_ms) < max_runs and (len(a_ms) < min_runs or min(spent_a, spent_b) < min_time):
+        pair = ((baseline, a_ms), (candidate, b_ms))
+        if order.random() < 0.5:
+            pair = pair[::-1]
+        for fn, bucket in pair:
+            t0 = clock()
+            fn()
+            bucket.append((clock() - t0) * 1000.0)
+        spent_a += a_ms[-1] / 1000.0
+        spent_b += b_ms[-1] / 1000.0
+    return a_ms, b_ms
+
+
+def _artifact_meta(path, predictor) -> Dict[str, Any]:
+    from optkit import device
+
+    return {"path": str(path), "size_bytes": os.path.getsize(path),
+            "runtime": getattr(predictor, "runtime", None),
+            "device": device.fingerprint(threads=getattr(predictor, "threads", None),
+                                         runtime=getattr(predictor, "runtime", None))}
+
+
+def measure_artifacts(baseline_path, candidate_path, *, runtime=None, threads=None, batch=1,
+                      warmup=10, min_time=2.0, min_runs=50, seed=0) -> Tuple[SampleSet, SampleSet]:
+    """Load both artifacts with optkit.runner and measure them interleaved in this process."""
+    for p in (baseline_path, candidate_path):
+        if not os.path.isfile(p):
+            raise UserError(f"no such artifact: {p}")
+    from optkit.runner import load_predictor
+
+    pa = load_predictor(str(baseline_path), runtime=runtime, threads=threads)
+    pb = load_predictor(str(candidate_path), runtime=runtime, threads=threads)
+    xa = _random_inputs(pa, batch, seed)
+    xb = _random_inputs(pb, batch, seed)
+    a_ms, b_ms = measure_interleaved(lambda: pa(*xa), lambda: pb(*xb), warmup=warmup,
+                                     min_time=min_time, min_runs=min_runs, seed=seed)
+    return (SampleSet(a_ms, _artifact_meta(baseline_path, pa), str(baseline_path)),
+            SampleSet(b_ms, _artifact_meta(candidate_path, pb), str(candidate_path)))
+
+
+def run_gate(baseline, candidate, *, alpha=DEFAULT_ALPHA, max_slowdown=DEFAULT_MAX_SLOWDOWN,
+             min_samples=DEFAULT_MIN_SAMPLES, max_growth=DEFAULT_MAX_GROWTH, confirm=False,
+             runtime=None, threads=None, batch=1, warmup=10, min_time=2.0,
+             progress: Optional[Callable[[str], None]] = None) -> GateResult:
+    """The whole gate: two bench JSON files, or two artifacts measured now (interleaved).
+
+    With `confirm`, a first "regression" on artifacts is re-measured from scratch; it stands only
+    if the rerun also says regression, otherwise the result is "inconclusive".
+    """
+    say = progress or (lambda msg: None)
+    kinds = (is_bench_json(baseline), is_bench_json(candidate))
+    if kinds[0] != kinds[1]:
+        # A time measured now against one measured earlier compares two machine states, not two models.
+        raise UserError("give two bench JSON files or two artifacts, not one of each: "
+                        "latencies measured at different times do not compare")
+    opts = dict(alpha=alpha, max_slowdown=max_slowdown, min_samples=min_samples, max_growth=max_growth)
+    if kinds[0]:
+        if confirm:
+            raise UserError("--confirm re-measures, which needs artifacts, not bench JSON files")
+        a, b = load_bench_json(baseline), load_bench_json(candidate)
+        return decide(a.samples_ms, b.samples_ms, baseline_meta=a.meta, candidate_meta=b.meta, **opts)
+    measure = dict(runtime=runtime, threads=threads, batch=batch, warmup=warmup, min_time=min_time,
+                   min_runs=min_samples)
+    say(f"measuring {baseline} and {candidate} interleaved (>= {min_time:g} s and {min_samples} runs each)")
+    a, b = measure_artifacts(baseline, candidate, seed=0, **measure)
+    result = decide(a.samples_ms, b.samples_ms, baseline_meta=a.meta, candidate_meta=b.meta, **opts)
+    if confirm and result.decision == REGRESSION:
+        say("regression found; confirming with a fresh interleaved run")
+        a2, b2 = measure_artifacts(baseline, candidate, seed=1, **measure)
+        again = decide(a2.samples_ms, b2.samples_ms, baseline_meta=a2.meta, candidate_meta=b2.meta, **opts)
+        result.confirmation = again.to_json()
+        if again.decision != REGRESSION:
+            result.decision = INCONCLUSIVE
+            result.decided_by = (f"first run said regression ({result.decided_by}) but the confirming "
+                                 f"rerun said {again.decision} ({again.decided_by})")
+        else:
+            result.decided_by += f"; confirmed by a rerun ({again.decided_by})"
+    return result
