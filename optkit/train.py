@@ -1,0 +1,345 @@
+"""Training and evaluation shared by every part of optkit that trains (rewrites, speed ladder, compression).
+
+One `fit` for both Keras flavours: the model is compiled with its *own* flavour's optimizer and loss
+(a Keras 3 optimizer cannot train a tf_keras model and vice versa), progress goes to stderr (stdout is
+reserved for `--json`), runs are seeded, and the time per epoch is reported without the first epoch,
+which carries tracing/XLA compilation (7-20 s here, STACK.md) and would swamp the comparison.
+
+Speed settings (XLA, step fusing, mixed precision) travel with the model, so that whoever trains it
+later trains it the way the user asked and the saved model records it:
+- `jit_compile` and `steps_per_execution` are kept in a `TrainingConfig` attribute on the model and,
+  once the model is compiled, in its compile config, which `.keras` files save and reload;
+- mixed precision is the layers' own dtype policies (written into every layer's config), so it needs no
+  separate record: `training_config()` reads it back from the layers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from optkit import keras_io
+from optkit.errors import UserError
+
+# Attribute under which the speed settings ride on a model object. A dataclass, not a dict: Keras
+# wraps dicts assigned to layers in tracking containers, plain objects are left alone.
+_ATTR = "_optkit_training"
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How a model wants to be trained. Written by the speed steps, read by `fit`."""
+
+    jit_compile: bool = False
+    steps_per_execution: int = 1
+    mixed_precision: Optional[str] = None     # "mixed_float16" | "mixed_bfloat16" | None (float32)
+
+    def to_json(self):
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    epoch_times_s: List[float]
+    time_per_epoch_s: float
+    time_per_epoch_note: str          # how time_per_epoch_s was obtained (which epochs, compile or not)
+    history: Dict[str, List[float]]
+    val_accuracy: Optional[float]
+    epochs_run: int = 0
+    settings: Dict[str, Any] = field(default_factory=dict)   # what was actually used
+
+    def to_json(self):
+        return {
+            "epoch_times_s": [round(t, 4) for t in self.epoch_times_s],
+            "time_per_epoch_s": self.time_per_epoch_s,
+            "time_per_epoch_note": self.time_per_epoch_note,
+            "history": {k: [float(v) for v in vs] for k, vs in self.history.items()},
+            "val_accuracy": self.val_accuracy,
+            "epochs_run": self.epochs_run,
+            "settings": self.settings,
+        }
+
+
+# ---------------------------------------------------------------------------- speed settings
+
+def training_config(model) -> TrainingConfig:
+    """The speed settings a model carries: its attribute, else its compile config; AMP from its layers."""
+    recorded = getattr(model, _ATTR, None)
+    policy = mixed_precision_of(model)
+    if isinstance(recorded, TrainingConfig):
+        return dataclasses.replace(recorded, mixed_precision=policy)
+    # A model loaded from a .keras file has no attribute but remembers how it was compiled.
+    jit = getattr(model, "_jit_compile", None)
+    if jit is None:
+        jit = getattr(model, "jit_compile", False)
+    spe = getattr(model, "_steps_per_execution", None) or getattr(model, "steps_per_execution", 1)
+    compiled = bool(getattr(model, "compiled", False) or getattr(model, "_is_compiled", False))
+    if not compiled:
+        jit, spe = False, 1
+    spe = int(spe.numpy()) if hasattr(spe, "numpy") else int(spe)
+    return TrainingConfig(jit_compile=jit is True, steps_per_execution=spe, mixed_precision=policy)
+
+
+def saved_training_config(path) -> Dict[str, Any]:
+    """The XLA / step-fusing settings a saved `.keras` file recorded in its compile config.
+
+    keras_io.load reads models with compile=False (a user's custom loss must not block loading),
+    which drops the compile config; the settings are still in the file, so read them from there.
+    """
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            compile_config = json.loads(zf.read("config.json")).get("compile_config") or {}
+    except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
+        return {}
+    return {k: compile_config[k] for k in ("jit_compile", "steps_per_execution") if k in compile_config}
+
+
+def set_training_config(model, **changes) -> TrainingConfig:
+    """Record speed settings on `model` (merged with what it already carries) and return them."""
+    unknown = set(changes) - {f.name for f in dataclasses.fields(TrainingConfig)}
+    if unknown:
+        raise ValueError(f"unknown training settings: {sorted(unknown)}")
+    config = dataclasses.replace(training_config(model), **changes)
+    object.__setattr__(model, _ATTR, config) if _is_tracking(model) else setattr(model, _ATTR, config)
+    return config
+
+
+def _is_tracking(model):
+    # Keras layers track attributes through __setattr__; bypassing it keeps the record out of
+    # the layer's weights/sub-layer bookkeeping. Either way works; this is the quieter one.
+    return hasattr(model, "_tracker") or hasattr(model, "_self_setattr_tracking")
+
+
+def mixed_precision_of(model) -> Optional[str]:
+    """The mixed policy used by the model's layers, or None when they all compute in float32."""
+    for layer in _all_layers(model):
+        name = _policy_name(layer)
+        if name and name.startswith("mixed_"):
+            return name
+    return None
+
+
+def _policy_name(layer):
+    policy = getattr(layer, "dtype_policy", None) or getattr(layer, "_dtype_policy", None)
+    return getattr(policy, "name", None)
+
+
+def _all_layers(model):
+    stack = list(getattr(model, "layers", []))
+    while stack:
+        layer = stack.pop()
+        yield layer
+        stack.extend(getattr(layer, "layers", []) or [])
+
+
+# ---------------------------------------------------------------------------- fit / evaluate
+
+def fit(model, data, *, epochs: int, batch_size: int = 32, learning_rate: Optional[float] = None,
+        callbacks: Sequence[Any] = (), progress: bool = True, early_stopping: Optional[int] = None,
+        jit: Optional[bool] = None, steps_per_execution: Optional[int] = None, strategy=None,
+        keep_compile: bool = False, seed: int = 0, shuffle: bool = True) -> TrainResult:
+    """Train `model` (Keras 3 or tf_keras) in place on `data` and time it.
+
+    `data` is an optkit.data.Dataset (x_train, y_train, x_val, y_val) or a tuple
+    `(x_train, y_train[, x_val, y_val])`; labels are integer class ids.
+    `jit` / `steps_per_execution` default to the settings the model carries (see `training_config`);
+    passing them overrides. `early_stopping` is a patience in epochs (best weights are restored).
+    `keep_compile=True` keeps the optimizer and loss the model was compiled with.
+    `callbacks` are passed to Keras untouched (e.g. tfmot's UpdatePruningStep on tf_keras models).
+    """
+    if epochs < 1:
+        raise UserError(f"epochs must be >= 1, got {epochs}")
+    if batch_size < 1:
+        raise UserError(f"batch size must be >= 1, got {batch_size}")
+    x, y, x_val, y_val = _split(data)
+    flavour = keras_io.flavour_of(model)
+    K = keras_io.keras3() if flavour == "keras3" else keras_io.tf_keras()
+    K.utils.set_random_seed(seed)
+
+    config = training_config(model)
+    jit = config.jit_compile if jit is None else bool(jit)
+    spe = config.steps_per_execution if steps_per_execution is None else int(steps_per_execution)
+    if spe < 1:
+        raise UserError(f"steps_per_execution must be >= 1, got {spe}")
+
+    scope = strategy.scope() if strategy is not None else _nullcontext()
+    with scope:
+        optimizer, loss, loss_scaling = _optimizer_and_loss(model, K, flavour, x, keep_compile,
+                                                            learning_rate, config.mixed_precision)
+        compile_kwargs = dict(optimizer=optimizer, loss=loss, metrics=["accuracy"],
+                              jit_compile=jit, steps_per_execution=spe)
+        if flavour == "keras3":
+            # We scale the loss ourselves (float16 only); bfloat16 has float32's range and needs none.
+            compile_kwargs["auto_scale_loss"] = False
+        model.compile(**compile_kwargs)
+    set_training_config(model, jit_compile=jit, steps_per_execution=spe)
+
+    timer = _epoch_timer(K)
+    cbs = [timer, *callbacks]
+    has_val = x_val is not None and len(x_val) > 0
+    if early_stopping:
+        cbs.append(K.callbacks.EarlyStopping(monitor="val_accuracy" if has_val else "accuracy",
+                                             patience=int(early_stopping), restore_best_weights=True))
+    if progress:
+        cbs.append(_progress_bar(K, epochs, _steps(len(x), batch_size)))
+    history = model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=shuffle,
+                        validation_data=(x_val, y_val) if has_val else None, callbacks=cbs)
+
+    times = timer.times
+    if len(times) > 1:
+        per_epoch = statistics.median(times[1:])
+        later = f"epochs 2-{len(times)}" if len(times) > 2 else "epoch 2"
+        note = f"median of {later} (epoch 1 includes tracing/compilation: {times[0]:.2f} s)"
+    else:
+        per_epoch = times[0]
+        note = "single epoch: includes tracing/compilation"
+    val_acc = evaluate(model, x_val, y_val, batch_size=max(batch_size, 32)) if has_val else None
+    settings = {"flavour": flavour, "jit_compile": jit, "steps_per_execution": spe,
+                "mixed_precision": config.mixed_precision, "loss_scaling": loss_scaling,
+                "optimizer": type(optimizer).__name__, "learning_rate": _lr_of(optimizer),
+                "batch_size": batch_size, "seed": seed, "train_samples": int(len(x)),
+                "val_samples": int(len(x_val)) if has_val else 0}
+    return TrainResult(epoch_times_s=times, time_per_epoch_s=per_epoch, time_per_epoch_note=note,
+                       history={k: [float(v) for v in vs] for k, vs in history.history.items()},
+                       val_accuracy=val_acc, epochs_run=len(times), settings=settings)
+
+
+def evaluate(model, x, y, batch_size: int = 32) -> float:
+    """Top-1 accuracy of `model` on (x, y), through keras_io's compiled inference path."""
+    if x is None or len(x) == 0:
+        raise UserError("no samples to evaluate on")
+    pred = keras_io.predict(model, x, batch_size=batch_size)
+    if isinstance(pred, (list, tuple)):
+        pred = pred[0]
+    pred = np.asarray(pred, dtype=np.float32)
+    y = np.asarray(y).reshape(-1)
+    if pred.ndim == 2 and pred.shape[1] == 1:       # one-unit binary head: probability or logit
+        threshold = 0.5 if pred.min() >= 0.0 and pred.max() <= 1.0 else 0.0
+        labels = (pred[:, 0] > threshold).astype(np.int64)
+    else:
+        labels = pred.reshape(len(pred), -1).argmax(axis=1)
+    return float(np.mean(labels == y))
+
+
+# ---------------------------------------------------------------------------- helpers
+
+def _split(data):
+    if isinstance(data, (tuple, list)):
+        if len(data) == 2:
+            return np.asarray(data[0]), np.asarray(data[1]), None, None
+        if len(data) == 4:
+            return tuple(None if d is None else np.asarray(d) for d in data)
+        raise UserError("training data must be (x, y) or (x, y, x_val, y_val)")
+    try:
+        return data.x_train, data.y_train, getattr(data, "x_val", None), getattr(data, "y_val", None)
+    except AttributeError:
+        raise UserError(f"cannot train on {type(data).__name__}: expected an optkit Dataset or (x, y)") from None
+
+
+def _optimizer_and_loss(model, K, flavour, x, keep_compile, learning_rate, policy):
+    existing = getattr(model, "optimizer", None)
+    if keep_compile and existing is not None and getattr(model, "loss", None) is not None:
+        optimizer, loss = existing, model.loss
+        if learning_rate is not None:
+            optimizer.learning_rate = learning_rate
+    else:
+        optimizer = K.optimizers.Adam(learning_rate=1e-3 if learning_rate is None else learning_rate)
+        loss = _loss_for(model, K, x)
+    loss_scaling = False
+    if policy == "mixed_float16":
+        # float16 gradients underflow without loss scaling; bfloat16 keeps float32's exponent range.
+        lso = K.mixed_precision.LossScaleOptimizer
+        if not isinstance(optimizer, lso):
+            optimizer = lso(optimizer)
+        loss_scaling = True
+    return optimizer, loss, loss_scaling
+
+
+def _loss_for(model, K, x):
+    """Sparse cross-entropy, from logits unless the model already ends in a probability output."""
+    probe = np.asarray(keras_io.predict(model, x[: min(len(x), 8)], batch_size=8), dtype=np.float32)
+    if probe.ndim == 2 and probe.shape[1] == 1:
+        from_logits = not (probe.min() >= 0.0 and probe.max() <= 1.0)
+        return K.losses.BinaryCrossentropy(from_logits=from_logits)
+    probe = probe.reshape(len(probe), -1)
+    is_prob = probe.min() >= 0.0 and np.allclose(probe.sum(axis=1), 1.0, atol=1e-3)
+    return K.losses.SparseCategoricalCrossentropy(from_logits=not is_prob)
+
+
+def _lr_of(optimizer):
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    lr = getattr(inner, "learning_rate", None)
+    try:
+        return float(np.asarray(lr.numpy() if hasattr(lr, "numpy") else lr))
+    except (TypeError, ValueError):
+        return None
+
+
+def _steps(n, batch_size):
+    return max(1, -(-n // batch_size))
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _epoch_timer(K):
+    class EpochTimer(K.callbacks.Callback):
+        """Wall time of each epoch (training steps plus the end-of-epoch validation pass)."""
+
+        def __init__(self):
+            super().__init__()
+            self.times = []
+            self._start = None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.times.append(time.perf_counter() - self._start)
+
+    return EpochTimer()
+
+
+def _progress_bar(K, epochs, steps):
+    """A per-step progress bar on stderr (tqdm when installed, a line per epoch otherwise)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is in the `report` extra; training still reports progress without it
+        tqdm = None
+
+    class Progress(K.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.bar = None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if tqdm is not None:
+                self.bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr,
+                                unit="step", leave=False, dynamic_ncols=True)
+
+        def on_train_batch_end(self, batch, logs=None):
+            # With steps_per_execution > 1 Keras calls this once per execution with the last step index.
+            if self.bar is not None:
+                self.bar.update(min(steps, batch + 1) - self.bar.n)
+
+        def on_epoch_end(self, epoch, logs=None):
+            if self.bar is not None:
+                self.bar.close()
+            shown = " ".join(f"{k}={float(v):.4f}" for k, v in sorted((logs or {}).items())
+                             if "acc" in k or "loss" in k)
+            print(f"epoch {epoch + 1}/{epochs}: {shown}", file=sys.stderr, flush=True)
+
+    return Progress()
