@@ -25,7 +25,8 @@ import numpy as np
 
 __all__ = [
     "RunnerError", "TensorSpec", "Predictor", "load_predictor", "measure", "summarize",
-    "default_threads", "random_inputs", "PeakRSS", "bench_file", "device_info",
+    "default_threads", "random_inputs", "PeakRSS", "bench_file", "bench_loaded", "device_info",
+    "file_sizes", "artifact_format",
 ]
 
 TFLITE_RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
@@ -420,31 +421,51 @@ def device_info():
 
 
 def file_sizes(path):
-    """(size in bytes, gzip -9 size in bytes) of a file; the gzip size shows what pruning and
-    clustering buy, since they leave the raw file size unchanged."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    return len(raw), len(gzip.compress(raw, compresslevel=9, mtime=0))
+    """(size in bytes, gzip -9 size in bytes) of an artifact; a directory (SavedModel,
+    .mlpackage) counts the sum over its files. The gzip size shows what pruning and clustering
+    buy, since they leave the raw file size unchanged."""
+    files = [path]
+    if os.path.isdir(path):
+        files = sorted(os.path.join(d, f) for d, _, names in os.walk(path) for f in names)
+    size = gz = 0
+    for name in files:
+        with open(name, "rb") as f:
+            raw = f.read()
+        size += len(raw)
+        gz += len(gzip.compress(raw, compresslevel=9, mtime=0))
+    return size, gz
 
 
-def bench_file(path, runtime=None, threads=None, batch=1, warmup=10, min_time=1.0,
-               min_runs=20, max_runs=100000, seed=0):
-    """Load, run once cold, warm up and time one model file; returns a bench result dict."""
+def artifact_format(path):
+    """'tflite', 'onnx', 'keras', 'h5', 'mlpackage', 'saved_model', ... from the path."""
+    path = path.rstrip("/\\")
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    if not ext and os.path.isdir(path) and os.path.exists(os.path.join(path, "saved_model.pb")):
+        return "saved_model"
+    return ext or "unknown"
+
+
+def bench_loaded(load, path, batch=1, warmup=10, min_time=1.0, min_runs=20, max_runs=100000, seed=0):
+    """The one benchmark procedure, for any runtime: `load()` -> a Predictor, timed; then one cold
+    call, `warmup` untimed calls and the timed loop of `measure`, on random inputs of `batch`.
+
+    Returns (result dict, predictor, inputs); the caller may reuse the predictor (accuracy).
+    """
     with PeakRSS() as rss:
         t0 = time.perf_counter()
-        predictor = load_predictor(path, runtime=runtime, threads=threads)
+        predictor = load()
         load_ms = (time.perf_counter() - t0) * 1000.0
         x = random_inputs(predictor.inputs, batch=batch, seed=seed)
         t0 = time.perf_counter()
-        predictor(*x)   # the cold call: first allocation, delegate set-up after a resize
+        predictor(*x)   # the cold call: first allocation, graph tracing, delegate set-up
         cold_ms = (time.perf_counter() - t0) * 1000.0
         stats = measure(lambda: predictor(*x), warmup=warmup, min_time=min_time,
                         min_runs=min_runs, max_runs=max_runs)
         peak = rss.peak_mb()
     samples = stats.pop("samples_ms")
     size, gz = file_sizes(path)
-    return {
-        "path": path, "format": os.path.splitext(path)[1].lstrip(".").lower(),
+    result = {
+        "path": path, "format": artifact_format(path),
         "runtime": predictor.runtime, "backend": predictor.backend,
         "backend_version": predictor.backend_version, "threads": predictor.threads,
         "batch": int(batch), "load_ms": load_ms, "cold_ms": cold_ms, "warmup": int(warmup),
@@ -452,6 +473,16 @@ def bench_file(path, runtime=None, threads=None, batch=1, warmup=10, min_time=1.
         "peak_rss_source": rss.source, "size_bytes": size, "gzip_bytes": gz,
         "status": "ok", "reason": "",
     }
+    return result, predictor, x
+
+
+def bench_file(path, runtime=None, threads=None, batch=1, warmup=10, min_time=1.0,
+               min_runs=20, max_runs=100000, seed=0):
+    """Load, run once cold, warm up and time one .tflite/.onnx file; returns a bench result dict."""
+    result, _, _ = bench_loaded(lambda: load_predictor(path, runtime=runtime, threads=threads), path,
+                                batch=batch, warmup=warmup, min_time=min_time, min_runs=min_runs,
+                                max_runs=max_runs, seed=seed)
+    return result
 
 
 def _parse_args(argv):

@@ -1,0 +1,284 @@
+"""The latency harness for every runtime, built on optkit.runner's one timing procedure.
+
+A runtime here only loads a model and calls it (`predictor(*arrays) -> [np.ndarray]`); the
+procedure — load time, one cold call, warm-up, timed runs until a minimum time AND a minimum
+count, percentiles, raw samples, peak RSS — is `runner.bench_loaded`, shared by all of them:
+
+    litert        .tflite through runner.load_predictor (ai_edge_litert / tflite_runtime)
+    onnxruntime   .onnx through runner.load_predictor (explicit intra-op threads, CPU provider)
+    keras         .keras/.h5/SavedModel: a direct call compiled with tf.function (no jit)
+    keras-predict the same model through `model.predict` (what most tutorials time)
+    tf-xla        the direct call compiled with tf.function(jit_compile=True)
+    tensorrt      .engine/.plan through exporters.get("tensorrt").load  (needs an NVIDIA GPU)
+    coreml        .mlpackage/.mlmodel through exporters.get("coreml").load (prediction needs macOS)
+
+litert and onnxruntime never import TensorFlow, so `optkit bench model.tflite` runs on a machine
+without it. Threads are always set explicitly and recorded: runtimes' own defaults differ
+(LiteRT took 1 thread here, onnxruntime every core), which makes comparisons unfair otherwise.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from optkit import runner
+from optkit.errors import Unavailable, UserError
+
+# runtime -> suffixes it runs (a SavedModel directory has format "saved_model").
+RUNTIMES = {
+    "litert": ("tflite",),
+    "onnxruntime": ("onnx",),
+    "keras": ("keras", "h5", "saved_model"),
+    "keras-predict": ("keras", "h5"),
+    "tf-xla": ("keras", "h5", "saved_model"),
+    "tensorrt": ("engine", "plan", "trt"),
+    "coreml": ("mlpackage", "mlmodel"),
+}
+# The runtime used when none is asked for.
+DEFAULT_RUNTIME = {"tflite": "litert", "onnx": "onnxruntime", "keras": "keras", "h5": "keras",
+                   "saved_model": "keras", "engine": "tensorrt", "plan": "tensorrt", "trt": "tensorrt",
+                   "mlpackage": "coreml", "mlmodel": "coreml"}
+# Aliases users type.
+ALIASES = {"tflite": "litert", "ort": "onnxruntime", "onnx": "onnxruntime", "xla": "tf-xla",
+           "trt": "tensorrt", "predict": "keras-predict", "tf": "keras"}
+
+# Defaults for the timed loop; `optkit bench` exposes them as options.
+WARMUP, MIN_TIME_S, MIN_RUNS, MAX_RUNS = 10, 1.0, 20, 100000
+AGREEMENT_SAMPLES = 16
+
+
+def resolve_runtime(name: str) -> str:
+    key = name.strip().lower()
+    key = ALIASES.get(key, key)
+    if key not in RUNTIMES:
+        close = difflib.get_close_matches(key, list(RUNTIMES) + list(ALIASES), n=1)
+        hint = f" (did you mean '{ALIASES.get(close[0], close[0])}'?)" if close else ""
+        raise UserError(f"unknown runtime '{name}'{hint}; known: {', '.join(RUNTIMES)}")
+    return key
+
+
+def runtimes_for(path: str, requested: Sequence[str] = ()) -> List[str]:
+    """The runtimes to bench `path` on: those requested that can run its format, else its default."""
+    fmt = runner.artifact_format(path)
+    if fmt not in DEFAULT_RUNTIME:
+        raise UserError(f"{path}: don't know how to run a '{fmt}' artifact; "
+                        f"bench takes {', '.join(sorted(DEFAULT_RUNTIME))}")
+    if not requested:
+        return [DEFAULT_RUNTIME[fmt]]
+    chosen = [r for r in (resolve_runtime(n) for n in requested) if fmt in RUNTIMES[r]]
+    if not chosen:
+        raise UserError(f"{path}: runtime {', '.join(requested)} cannot run a '{fmt}' artifact "
+                        f"(use {', '.join(r for r, fmts in RUNTIMES.items() if fmt in fmts)})")
+    return list(dict.fromkeys(chosen))
+
+
+# --------------------------------------------------------------------------------------------
+# Keras / TensorFlow predictors (TF imported only when one is built)
+
+
+def _set_tf_threads(tf, threads: int) -> int:
+    """Set TF's intra-op threads; returns the count in force (TF only accepts it before its
+    runtime starts, so a second Keras artifact in one process keeps the first one's setting)."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass
+    current = tf.config.threading.get_intra_op_parallelism_threads()
+    return current if current > 0 else runner.default_threads()
+
+
+class KerasPredictor(runner.Predictor):
+    """A Keras model (either flavour) or SavedModel, called three ways:
+    "call" = tf.function(model(x)), "xla" = the same with jit_compile=True, "predict" = model.predict.
+    """
+
+    MODES = {"keras": "call", "tf-xla": "xla", "keras-predict": "predict"}
+
+    def __init__(self, path: str, threads: int, runtime: str = "keras"):
+        from optkit import keras_io
+
+        runner.Predictor.__init__(self, path, threads)
+        self.runtime = runtime
+        mode = self.MODES[runtime]
+        tf = keras_io.tf()
+        self.threads = _set_tf_threads(tf, threads)
+        loaded = keras_io.load(path)
+        model = loaded.model
+        self.backend = loaded.flavour
+        self.backend_version = tf.__version__
+        self.inputs = [runner.TensorSpec(n, [None if d is None else int(d) for d in s], d_ or "float32")
+                       for n, s, d_ in keras_io.input_specs(model)]
+        self.outputs = [runner.TensorSpec(n, [None if d is None else int(d) for d in s], d_ or "float32")
+                        for n, s, d_ in keras_io.output_specs(model)]
+        if loaded.flavour == keras_io.SAVED_MODEL:
+            if mode == "predict":
+                raise UserError(f"{path}: a plain SavedModel has no model.predict; use --runtime keras")
+            sig = model.signature
+            names = model.input_names
+            self._fn = tf.function(lambda *xs: [sig(**dict(zip(names, xs)))[k] for k in model.output_names],
+                                   jit_compile=(mode == "xla"), reduce_retracing=True)
+        elif mode == "predict":
+            self._fn = lambda *xs: model.predict(list(xs) if len(xs) > 1 else xs[0],
+                                                 batch_size=len(xs[0]), verbose=0)
+        else:
+            self._fn = tf.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0], training=False),
+                                   jit_compile=(mode == "xla"), reduce_retracing=True)
+        self._tf = tf
+
+    def __call__(self, *arrays):
+        self._check_arity(arrays)
+        out = self._fn(*[np.asarray(a, np.float32) for a in arrays])
+        flat = self._tf.nest.flatten(out)
+        return [np.asarray(o, dtype=np.float32) for o in flat]
+
+
+def load_runtime(path: str, runtime: str, threads: int):
+    """A Predictor for `path` on `runtime` (a name from RUNTIMES)."""
+    try:
+        if runtime in ("litert", "onnxruntime"):
+            return runner.load_predictor(path, runtime=runtime, threads=threads)
+        if runtime in KerasPredictor.MODES:
+            return KerasPredictor(path, threads, runtime)
+        import exporters  # tensorrt / coreml: the exporter module knows how to load its artifact
+
+        predictor = exporters.get(runtime).load(path, threads=threads)
+        predictor.runtime = runtime
+        return predictor
+    except runner.RunnerError as exc:
+        raise UserError(str(exc)) from exc
+
+
+# --------------------------------------------------------------------------------------------
+# Accuracy and agreement
+
+
+def _chunks(predictor, xs: Sequence[np.ndarray], batch: int) -> List[np.ndarray]:
+    """Outputs over all of `xs` in chunks of `batch`; the last chunk is padded to `batch` (engines
+    with a fixed batch reject a short one) and the padding dropped again."""
+    n = len(xs[0])
+    outs: List[List[np.ndarray]] = []
+    for i in range(0, n, batch):
+        part = [a[i:i + batch] for a in xs]
+        short = batch - len(part[0])
+        if short:
+            part = [np.concatenate([p, np.zeros((short,) + p.shape[1:], p.dtype)]) for p in part]
+        ys = predictor(*part)
+        outs.append([y[:batch - short] for y in ys])
+    return [np.concatenate([o[j] for o in outs]) for j in range(len(outs[0]))]
+
+
+def accuracy(predictor, x: np.ndarray, y: np.ndarray, batch: int = 1) -> float:
+    """Top-1 accuracy of the first output on labelled data."""
+    logits = _chunks(predictor, [x], max(1, batch))[0]
+    return float(np.mean(logits.reshape(len(y), -1).argmax(1) == np.asarray(y).reshape(-1)))
+
+
+def agreement(outputs: List[np.ndarray], reference: List[np.ndarray]) -> dict:
+    """How close `outputs` are to a reference's outputs on the same inputs (no labels needed)."""
+    if len(outputs) != len(reference) or any(o.shape != r.shape for o, r in zip(outputs, reference)):
+        return {"ok": False, "reason": "outputs differ in number or shape from the reference"}
+    max_abs = max(float(np.max(np.abs(o - r))) if o.size else 0.0 for o, r in zip(outputs, reference))
+    first, ref = outputs[0].reshape(len(outputs[0]), -1), reference[0].reshape(len(reference[0]), -1)
+    top1 = float(np.mean(first.argmax(1) == ref.argmax(1))) if first.shape[1] > 1 else None
+    return {"max_abs": max_abs, "top1_agreement": top1, "n": int(len(first))}
+
+
+# --------------------------------------------------------------------------------------------
+# The harness
+
+
+def bench(paths: Sequence[str], runtimes: Sequence[str] = (), threads: Optional[int] = None,
+          batch: int = 1, warmup: int = WARMUP, min_time: float = MIN_TIME_S,
+          min_runs: int = MIN_RUNS, max_runs: int = MAX_RUNS, data=None,
+          reference: Optional[str] = None, progress: Optional[Callable[[str], None]] = None) -> dict:
+    """Bench every artifact on every applicable runtime; returns the `bench --json` document.
+
+    `data`: an optkit.data Dataset, a --data source string (loaded at each model's input shape)
+    or None. With it, each result gets `accuracy` on x_test/y_test. Without it, each result
+    gets `agreement` with a reference — `reference` if given, else the first artifact that
+    ran — on the same random inputs.
+
+    Bad input (missing file, unknown runtime, impossible option) raises UserError before
+    anything runs; a runtime that cannot run here (no GPU, not macOS) gives a `skipped` row,
+    any other failure a `failed` row, so one broken artifact does not hide the others.
+    """
+    from optkit import env as env_mod
+
+    if batch < 1 or warmup < 0 or min_time < 0 or min_runs < 1:
+        raise UserError("need --batch >= 1, --warmup >= 0, --min-time >= 0 and --min-runs >= 1")
+    if not paths:
+        raise UserError("no artifact to bench")
+    threads = runner.default_threads() if threads is None else int(threads)
+    if threads < 1:
+        raise UserError(f"--threads must be >= 1, got {threads}")
+    plan = []
+    for path in dict.fromkeys(([reference] if reference else []) + list(paths)):
+        if not os.path.exists(path):
+            raise UserError(f"{path}: no such file or directory")
+        plan.append((path, runtimes_for(path, runtimes)))
+    say = progress or (lambda msg: None)
+
+    results = []
+    ref = {}          # the first artifact that ran: its path, inputs and outputs
+    datasets = {}     # --data loaded once per input shape
+    for path, names in plan:
+        for runtime in names:
+            say(f"bench: {path} on {runtime} ({threads} threads, batch {batch})")
+            result = _bench_one(path, runtime, threads, batch, warmup, min_time, min_runs, max_runs,
+                                data, datasets, ref)
+            results.append(result)
+    return {"schema": 1, "env": env_mod.fingerprint(threads=threads), "results": results}
+
+
+def _dataset_for(data, predictor, cache):
+    """`data` as given (a Dataset), or loaded from a --data source at this model's input shape."""
+    if data is None or not isinstance(data, str):
+        return data
+    shape = tuple(predictor.inputs[0].shape[1:])
+    classes = predictor.outputs[0].shape[-1] if predictor.outputs and predictor.outputs[0].shape else None
+    key = (shape, classes)
+    if key not in cache:
+        from optkit.data import load_data
+
+        cache[key] = load_data(data, input_shape=shape, num_classes=classes)
+    return cache[key]
+
+
+def _bench_one(path, runtime, threads, batch, warmup, min_time, min_runs, max_runs, data,
+               datasets, ref) -> dict:
+    base = {"path": path, "format": runner.artifact_format(path), "runtime": runtime,
+            "threads": threads, "batch": batch, "accuracy": None}
+    try:
+        result, predictor, _ = runner.bench_loaded(
+            lambda: load_runtime(path, runtime, threads), path, batch=batch, warmup=warmup,
+            min_time=min_time, min_runs=min_runs, max_runs=max_runs)
+    except UserError:
+        raise
+    except Unavailable as exc:
+        return dict(base, status="skipped", reason=str(exc))
+    except Exception as exc:  # report the failure in its row; the other artifacts still run
+        return dict(base, status="failed", reason=f"{type(exc).__name__}: {exc}".splitlines()[0])
+    result["runtime"] = runtime
+    result["accuracy"] = None
+    try:
+        dataset = _dataset_for(data, predictor, datasets)
+        if dataset is not None:
+            result["accuracy"] = accuracy(predictor, dataset.x_test, dataset.y_test, batch)
+            result["accuracy_n"] = int(len(dataset.y_test))
+        elif not ref:
+            ref["x"] = runner.random_inputs(predictor.inputs, batch=AGREEMENT_SAMPLES, seed=1)
+            ref["outputs"] = _chunks(predictor, ref["x"], batch)
+            ref["path"] = path
+            result["agreement"] = {"reference": path, "is_reference": True}
+        else:
+            outputs = _chunks(predictor, ref["x"], batch)
+            result["agreement"] = dict(agreement(outputs, ref["outputs"]), reference=ref["path"])
+    except UserError:
+        raise
+    except Exception as exc:  # timing succeeded; say why the quality check could not run
+        result["quality_error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return result

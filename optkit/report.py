@@ -1,0 +1,505 @@
+"""report.json -> what people read: terminal table, Markdown, CSV, a self-contained HTML page, plots.
+
+report.json is the single source: every rendering is computed from it and from nothing else, so
+a report can be re-rendered on another machine long after the run. Two documents are accepted:
+
+- an `optimize` report: {"schema", "env", "variants": [{id, name, parent, steps, params, accuracy,
+  train_time_per_epoch_s, inference_ms_per_step, status, reason, artifacts: [ARTIFACT...]}]}
+  rendered in Lesson 14's layout: variants as columns; rows Parameters, Accuracy, Train
+  time/epoch, Inference time/step, then size, gzip size and latency per artifact and runtime;
+- a `bench` report: {"schema", "env", "results": [...]}, one row per (artifact, runtime).
+
+Sizes are decimal (1 MB = 1,000,000 bytes), latencies are p50 in milliseconds. A cell whose
+artifact was skipped or failed shows that status and its reason; a cell with nothing to say is "–".
+Nothing here imports TensorFlow; matplotlib is imported only to draw plots.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import os
+import tempfile
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from optkit.errors import UserError
+
+FORMATS = ("table", "md", "csv", "html")
+DASH = "–"
+# Table and Markdown cells are cut here (the CSV and HTML keep the whole reason).
+MAX_CELL = 40
+
+FORMAT_LABELS = {"tflite": "TFLite", "onnx": "ONNX", "keras": "Keras", "h5": "Keras h5",
+                 "saved_model": "SavedModel", "coreml": "Core ML", "mlpackage": "Core ML",
+                 "tensorrt": "TensorRT", "engine": "TensorRT"}
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def load(path: str) -> dict:
+    """Read and check a report.json; problems are one-line UserErrors."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable JSON report ({exc})") from None
+    check(doc, path)
+    return doc
+
+
+def check(doc, where: str = "report") -> None:
+    if not isinstance(doc, dict) or not ("variants" in doc or "results" in doc):
+        raise UserError(f"{where}: not an optkit report (needs 'variants' or 'results')")
+    if doc.get("schema", 1) != 1:
+        raise UserError(f"{where}: report schema {doc.get('schema')} is newer than this optkit reads (1)")
+    rows = doc.get("variants", doc.get("results"))
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise UserError(f"{where}: 'variants'/'results' must be a list of objects")
+
+
+# --------------------------------------------------------------------------------------------
+# Cell formatting
+
+
+def fmt_bytes(n) -> str:
+    if n is None:
+        return DASH
+    n = float(n)
+    if n < 1000:
+        return f"{n:.0f} B"
+    if n < 1e6:
+        return f"{n / 1e3:.1f} KB"
+    return f"{n / 1e6:.2f} MB"
+
+
+def fmt_ms(v) -> str:
+    if v is None:
+        return DASH
+    return f"{v:.3f} ms" if v < 1 else f"{v:.2f} ms"
+
+
+def fmt_pct(v) -> str:
+    return DASH if v is None else f"{100.0 * v:.2f}%"
+
+
+def fmt_int(v) -> str:
+    return DASH if v is None else f"{int(v):,}"
+
+
+def fmt_s(v) -> str:
+    return DASH if v is None else f"{v:.2f} s"
+
+
+def status_cell(status: str, reason: str = "") -> str:
+    return f"{status}: {reason}" if reason else status
+
+
+def _shorten(text: str, limit: int = MAX_CELL) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def artifact_label(artifact: dict) -> str:
+    """'TFLite int8', 'ONNX', ... : format plus its quantization when there is one."""
+    fmt = artifact.get("format") or "?"
+    label = FORMAT_LABELS.get(fmt, fmt)
+    q = artifact.get("quantize")
+    return f"{label} {q}" if q and q != "none" else label
+
+
+def _latency(artifact: dict) -> dict:
+    return artifact.get("latency_ms") or {}
+
+
+# --------------------------------------------------------------------------------------------
+# The one grid every text rendering draws
+
+
+def grid(report: dict) -> Tuple[List[str], List[List[str]]]:
+    """(header, rows) of full-length cell texts: Lesson 14's layout for an optimize report,
+    one row per result for a bench report."""
+    check(report)
+    if "variants" in report:
+        return _variant_grid(report["variants"])
+    return _results_grid(report["results"])
+
+
+def _variant_grid(variants: List[dict]) -> Tuple[List[str], List[List[str]]]:
+    header = [""] + [v.get("name") or v.get("id") or f"#{i}" for i, v in enumerate(variants)]
+
+    def variant_row(title, fn):
+        cells = []
+        for v in variants:
+            if v.get("status", "ok") != "ok" and fn(v) is DASH:
+                cells.append(status_cell(v.get("status"), v.get("reason", "")))
+            else:
+                cells.append(fn(v))
+        return [title] + cells
+
+    rows = [
+        variant_row("Parameters", lambda v: fmt_int(v.get("params"))),
+        variant_row("Accuracy", lambda v: fmt_pct(v.get("accuracy"))),
+        variant_row("Train time/epoch", lambda v: fmt_s(v.get("train_time_per_epoch_s"))),
+        variant_row("Inference time/step", lambda v: fmt_ms(v.get("inference_ms_per_step"))),
+    ]
+    # Artifact rows, in order of first appearance: size, gzip size, then latency per runtime.
+    labels: List[str] = []
+    runtimes: Dict[str, List[str]] = {}
+    with_accuracy = set()
+    for v in variants:
+        for a in v.get("artifacts") or []:
+            label = artifact_label(a)
+            if label not in runtimes:
+                labels.append(label)
+                runtimes[label] = []
+            rt = _latency(a).get("runtime")
+            if rt and rt not in runtimes[label]:
+                runtimes[label].append(rt)
+            if a.get("accuracy") is not None:
+                with_accuracy.add(label)
+
+    def artifact_row(title, label, fn, runtime=None):
+        cells = []
+        for v in variants:
+            found = [a for a in v.get("artifacts") or [] if artifact_label(a) == label
+                     and (runtime is None or _latency(a).get("runtime") in (runtime, None))]
+            if not found:
+                cells.append(DASH)
+                continue
+            a = found[0]
+            if a.get("status", "ok") != "ok":
+                cells.append(status_cell(a.get("status"), a.get("reason", "")))
+            else:
+                cells.append(fn(a))
+        return [title] + cells
+
+    for label in labels:
+        rows.append(artifact_row(f"{label} size", label, lambda a: fmt_bytes(a.get("size_bytes"))))
+        rows.append(artifact_row(f"{label} gzip size", label, lambda a: fmt_bytes(a.get("gzip_bytes"))))
+        if label in with_accuracy:
+            rows.append(artifact_row(f"{label} accuracy", label, lambda a: fmt_pct(a.get("accuracy"))))
+        for rt in runtimes[label] or [None]:
+            title = f"{label} latency ({rt})" if rt else f"{label} latency"
+            rows.append(artifact_row(title, label, lambda a: fmt_ms(_latency(a).get("p50")), rt))
+    return header, rows
+
+
+RESULT_COLUMNS = ["Artifact", "Runtime", "Threads", "Batch", "p50", "p90", "p99", "Mean ± std",
+                  "n", "Load", "Cold", "Peak RSS", "Size", "Gzip size", "Accuracy", "Status"]
+
+
+def _results_grid(results: List[dict]) -> Tuple[List[str], List[List[str]]]:
+    rows = []
+    for r in results:
+        lat = r.get("latency_ms") or {}
+        ok = r.get("status", "ok") == "ok"
+        mean_std = f"{lat['mean']:.3f} ± {lat.get('std', 0.0):.3f} ms" if ok and "mean" in lat else DASH
+        rss = r.get("peak_rss_mb")
+        rows.append([
+            os.path.basename(str(r.get("path", "")).rstrip("/")) or DASH,
+            r.get("runtime") or DASH,
+            DASH if r.get("threads") is None else str(r["threads"]),
+            DASH if r.get("batch") is None else str(r["batch"]),
+            fmt_ms(lat.get("p50")), fmt_ms(lat.get("p90")), fmt_ms(lat.get("p99")), mean_std,
+            DASH if lat.get("n") is None else str(lat["n"]),
+            fmt_ms(r.get("load_ms")), fmt_ms(r.get("cold_ms")),
+            DASH if rss is None else f"{rss:.1f} MB",
+            fmt_bytes(r.get("size_bytes")), fmt_bytes(r.get("gzip_bytes")),
+            _quality_cell(r),
+            status_cell(r.get("status", "ok"), r.get("reason", "")),
+        ])
+    return list(RESULT_COLUMNS), rows
+
+
+def _quality_cell(r: dict) -> str:
+    """Accuracy on labelled data; else top-1 agreement with the reference artifact."""
+    if r.get("accuracy") is not None:
+        return fmt_pct(r["accuracy"])
+    agree = r.get("agreement") or {}
+    if agree.get("is_reference"):
+        return "reference"
+    if agree.get("top1_agreement") is not None:
+        return f"agree {fmt_pct(agree['top1_agreement'])}"
+    return DASH
+
+
+def env_summary(report: dict) -> str:
+    env = report.get("env") or {}
+    parts = []
+    if env.get("cpu_model"):
+        parts.append(env["cpu_model"])
+    if env.get("cpu_count"):
+        parts.append(f"{env['cpu_count']} cores")
+    if env.get("system"):
+        parts.append(f"{env['system']} {env.get('release', '')}".strip())
+    if env.get("python"):
+        parts.append(f"Python {env['python']}")
+    if env.get("threads") is not None:
+        parts.append(f"threads {env['threads']}")
+    pkgs = env.get("packages") or {}
+    if pkgs:
+        parts.append(", ".join(f"{k} {v}" for k, v in sorted(pkgs.items())))
+    return " · ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# Renderings
+
+
+def lesson14_table(report: dict) -> str:
+    """The terminal table: columns padded, first column left-aligned, numbers right-aligned."""
+    header, rows = grid(report)
+    rows = [[_shorten(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+
+    def line(cells):
+        out = [cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]
+        return "  ".join(out).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    text = [line(header), rule] + [line(r) for r in rows]
+    summary = env_summary(report)
+    if summary:
+        text += ["", f"env: {summary}"]
+    return "\n".join(text) + "\n"
+
+
+def to_markdown(report: dict) -> str:
+    header, rows = grid(report)
+
+    def esc(c):
+        return _shorten(c).replace("|", "\\|")
+
+    out = ["# optkit report", ""]
+    summary = env_summary(report)
+    if summary:
+        out += [f"Measured on: {summary}", ""]
+    out.append("| " + " | ".join(esc(c) for c in header) + " |")
+    out.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+    out += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def to_csv(report: dict) -> str:
+    header, rows = grid(report)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;color:#222}
+table{border-collapse:collapse;margin:1rem 0}
+th,td{border:1px solid #ccc;padding:.35rem .6rem;text-align:right;white-space:nowrap}
+th:first-child,td:first-child{text-align:left}
+thead th{background:#f0f3f7}
+td.status{color:#a33}
+.env{color:#555;font-size:.9rem}
+figure{display:inline-block;margin:1rem 2rem 1rem 0}
+figcaption{color:#555;font-size:.9rem}
+"""
+
+
+def to_html(report: dict, plots: bool = True) -> str:
+    """One self-contained page: inline CSS, the table, plots embedded as base64 PNG."""
+    header, rows = grid(report)
+    e = html.escape
+    head = "".join(f"<th>{e(c)}</th>" for c in header)
+    body = []
+    for r in rows:
+        cells = [f"<th scope=\"row\">{e(r[0])}</th>"]
+        for c in r[1:]:
+            cls = ' class="status"' if c.startswith(("skipped", "failed")) else ""
+            cells.append(f"<td{cls}>{e(c)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    figures = []
+    if plots:
+        for title, png in plot_pngs(report):
+            data = base64.b64encode(png).decode("ascii")
+            figures.append(f'<figure><img alt="{e(title)}" src="data:image/png;base64,{data}">'
+                           f"<figcaption>{e(title)}</figcaption></figure>")
+    summary = env_summary(report)
+    kind = "Variants" if "variants" in report else "Benchmark results"
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<title>optkit report</title>"
+        f"<style>{_CSS}</style></head><body>\n"
+        "<h1>optkit report</h1>\n"
+        + (f'<p class="env">Measured on: {e(summary)}</p>\n' if summary else "")
+        + f"<h2>{kind}</h2>\n"
+        f'<table id="report-table"><thead><tr>{head}</tr></thead>\n<tbody>\n'
+        + "\n".join(body)
+        + "\n</tbody></table>\n"
+        + ("<h2>Plots</h2>\n" + "\n".join(figures) + "\n" if figures else "")
+        + "<details><summary>report.json</summary><pre>"
+        + e(json.dumps(_without_samples(report), indent=1))
+        + "</pre></details>\n</body></html>\n"
+    )
+
+
+def _without_samples(report: dict) -> dict:
+    """The embedded JSON, minus raw samples (thousands of numbers nobody reads in a page)."""
+    doc = json.loads(json.dumps(report))
+    for r in doc.get("results", []):
+        if "samples_ms" in r:
+            r["samples_ms"] = f"{len(r['samples_ms'])} samples"
+    return doc
+
+
+def render(report: dict, fmt: str) -> str:
+    """report.json as `fmt`: table | md | csv | html."""
+    renderers = {"table": lesson14_table, "md": to_markdown, "csv": to_csv, "html": to_html}
+    key = {"markdown": "md", "txt": "table", "text": "table", "htm": "html"}.get(fmt, fmt)
+    if key not in renderers:
+        raise UserError(f"unknown report format '{fmt}'; use one of {', '.join(FORMATS)}")
+    return renderers[key](report)
+
+
+def write_text(text: str, path: str) -> str:
+    """Atomic write: a temp file in the same directory, then os.replace (never a half file)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UserError(f"{path}: directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=".optkit-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Plots
+
+
+def points(report: dict) -> List[dict]:
+    """One point per artifact (or bench result) that ran: label, runtime, size, latency, accuracy."""
+    pts = []
+    if "variants" in report:
+        for v in report["variants"]:
+            for a in v.get("artifacts") or []:
+                lat = _latency(a)
+                if a.get("status", "ok") != "ok" or lat.get("p50") is None:
+                    continue
+                pts.append({"label": f"{v.get('name') or v.get('id')} · {artifact_label(a)}",
+                            "runtime": lat.get("runtime") or "?", "size": a.get("size_bytes"),
+                            "gzip": a.get("gzip_bytes"), "latency": lat["p50"],
+                            # the artifact's own accuracy when measured, else its variant's
+                            "accuracy": a["accuracy"] if a.get("accuracy") is not None
+                            else v.get("accuracy")})
+    else:
+        for r in report["results"]:
+            lat = r.get("latency_ms") or {}
+            if r.get("status", "ok") != "ok" or lat.get("p50") is None:
+                continue
+            pts.append({"label": os.path.basename(str(r.get("path", "")).rstrip("/")),
+                        "runtime": r.get("runtime") or "?", "size": r.get("size_bytes"),
+                        "gzip": r.get("gzip_bytes"), "latency": lat["p50"],
+                        "accuracy": r.get("accuracy")})
+    return pts
+
+
+def pareto_front(xy: Sequence[Tuple[float, float]]) -> List[int]:
+    """Indices of the points no other point beats on both axes (smaller is better on both),
+    ordered by x. A point equal to another on both axes is kept once (the first)."""
+    order = sorted(range(len(xy)), key=lambda i: (xy[i][0], xy[i][1], i))
+    front, best_y = [], float("inf")
+    for i in order:
+        if xy[i][1] < best_y:
+            front.append(i)
+            best_y = xy[i][1]
+    return front
+
+
+def _figures(report: dict):
+    """(title, file stem, matplotlib Figure) for each plot that has points to show."""
+    # Figure without pyplot: no GUI backend, no global state changed in the caller's process.
+    from matplotlib.figure import Figure
+
+    pts = points(report)
+    figs = []
+    sized = [p for p in pts if p["size"]]
+    if sized:
+        fig = Figure(figsize=(6.4, 4.4), dpi=100)
+        ax = fig.add_subplot()
+        for rt in sorted({p["runtime"] for p in sized}):
+            mine = [p for p in sized if p["runtime"] == rt]
+            ax.scatter([p["size"] / 1e6 for p in mine], [p["latency"] for p in mine], label=rt, s=36)
+        xy = [(p["size"] / 1e6, p["latency"]) for p in sized]
+        front = pareto_front(xy)
+        ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], "--", color="crimson",
+                marker="o", markerfacecolor="none", markersize=12, label="Pareto front")
+        for p, (x, y) in zip(sized, xy):
+            ax.annotate(p["label"], (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.set_xlabel("file size (MB)")
+        ax.set_ylabel("latency p50 (ms)")
+        ax.set_title("Latency vs size (lower left is better)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        figs.append(("Latency vs size, Pareto front marked", "latency_vs_size", fig))
+    scored = [p for p in pts if p["accuracy"] is not None]
+    if scored:
+        fig = Figure(figsize=(6.4, 4.4), dpi=100)
+        ax = fig.add_subplot()
+        for rt in sorted({p["runtime"] for p in scored}):
+            mine = [p for p in scored if p["runtime"] == rt]
+            ax.scatter([p["latency"] for p in mine], [100 * p["accuracy"] for p in mine], label=rt, s=36)
+        for p in scored:
+            ax.annotate(p["label"], (p["latency"], 100 * p["accuracy"]), fontsize=7,
+                        xytext=(4, 4), textcoords="offset points")
+        ax.set_xlabel("latency p50 (ms)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title("Accuracy vs latency (upper left is better)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        figs.append(("Accuracy vs latency", "accuracy_vs_latency", fig))
+    return figs
+
+
+def plot_pngs(report: dict) -> List[Tuple[str, bytes]]:
+    """[(title, PNG bytes)]; empty when matplotlib is not installed (the table still renders)."""
+    try:
+        figs = _figures(report)
+    except ImportError:
+        return []
+    out = []
+    for title, _, fig in figs:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        out.append((title, buf.getvalue()))
+    return out
+
+
+def write_plots(report: dict, out_dir: str) -> List[str]:
+    """Write latency_vs_size.png and accuracy_vs_latency.png (those with points) to `out_dir`."""
+    try:
+        figs = _figures(report)
+    except ImportError:
+        raise UserError("plots need matplotlib: pip install 'optkit[report]'") from None
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for _, stem, fig in figs:
+        path = os.path.join(out_dir, f"{stem}.png")
+        fd, tmp = tempfile.mkstemp(prefix=".optkit-", suffix=".png", dir=out_dir)
+        os.close(fd)
+        try:
+            fig.savefig(tmp, format="png")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        paths.append(path)
+    return paths
