@@ -1,0 +1,88 @@
+"""`optkit optimize`: resolve a plan, run it, print the summary (or report.json with --json).
+
+Parsing and rendering only; the pipeline is optkit.optimize. Nothing at module level imports
+TensorFlow, and `--dry-run` never reaches code that does.
+"""
+from __future__ import annotations
+
+import json
+
+import click
+
+from optkit import plan as plan_mod
+from optkit.errors import UserError
+
+
+@click.command("optimize")
+@click.argument("model", required=False)
+@click.option("--data", metavar="SRC", help="Labelled data: a folder of class sub-folders, a .npz with x/y, "
+              "tfds:NAME or synthetic:NAME. Default with no MODEL: synthetic:shapes.")
+@click.option("--recipe", metavar="NAME|FILE.toml",
+              help="lesson14 (default with no MODEL), edge-int8, max-compression, fast-cpu, or a TOML recipe.")
+@click.option("--step", "steps", multiple=True, metavar="NAME[:k=v,...]",
+              help="A step to apply, in order (repeatable), e.g. --step prune:sparsity=0.5 --step qat.")
+@click.option("--to", metavar="FMT[:Q],...", help="Exports of every variant, e.g. tflite:int8,onnx "
+              "(Q = none|dynamic|float16|int8).")
+@click.option("--epochs", type=int, help="Epochs of baseline training (zoo models) and of each fine-tune.")
+@click.option("--batch-size", type=int, help="Training batch size (default 32).")
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False),
+              help="Run directory (default runs/optimize-<timestamp>).")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json (or the plan with --dry-run) on stdout.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved plan and stop (imports no TensorFlow).")
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False),
+              help="Replay a plan.json written by an earlier run: same variants, same ids.")
+@click.option("--max-accuracy-drop", type=float, metavar="PCT",
+              help="Accuracy-aware search: keep top-1 within PCT points of the baseline.")
+@click.option("--budget", type=float, metavar="MIN", help="Search time budget in minutes (default 10).")
+@click.option("--trials", type=int, metavar="N", help="Search: try at most N candidates.")
+@click.option("--strategy", type=click.Choice(plan_mod.STRATEGIES),
+              help="Fine-tune under tf.distribute MirroredStrategy / MultiWorkerMirroredStrategy.")
+@click.option("--unsafe", is_flag=True, help="Allow loading models with Lambda layers (runs their code).")
+@click.option("--seed", type=int, help="Seed for data, initialisation and training (default 0).")
+# Hidden: the tiny schedule (1 epoch, a few hundred samples, short timings) for end-to-end tests.
+# Same as OPTKIT_TINY=1 in the environment.
+@click.option("--tiny", is_flag=True, default=None, hidden=True)
+@click.pass_context
+def optimize_cmd(ctx, model, data, recipe, steps, to, epochs, batch_size, out_dir, as_json, dry_run,
+                 plan_file, max_accuracy_drop, budget, trials, strategy, unsafe, seed, tiny):
+    """Rewrite, speed up, compress, export, validate and benchmark MODEL; write a report.
+
+    With no MODEL and no --data: the embedded demo (the zoo Lesson 14 CNN on synthetic:shapes,
+    the Lesson 14 ladder, then int8 TFLite and ONNX exports), a few minutes on a laptop CPU.
+    Exit code 1 if any variant or export failed (skipped runtimes do not count).
+    """
+    if plan_file:
+        given = [flag for flag, value in (("MODEL", model), ("--data", data), ("--recipe", recipe),
+                                          ("--step", steps), ("--to", to), ("--epochs", epochs),
+                                          ("--batch-size", batch_size), ("--max-accuracy-drop", max_accuracy_drop),
+                                          ("--budget", budget), ("--trials", trials), ("--seed", seed))
+                 if value not in (None, ())]
+        if given:
+            raise UserError(f"--plan replays a plan as written; drop {', '.join(given)}")
+        plan = plan_mod.load(plan_file)
+        if strategy:
+            plan.strategy = strategy
+        if unsafe:
+            plan.unsafe = True
+    else:
+        plan = plan_mod.resolve(model=model, data=data, recipe=recipe, steps=steps, to=to, epochs=epochs,
+                                batch_size=batch_size, seed=seed, strategy=strategy,
+                                max_accuracy_drop=max_accuracy_drop, budget=budget, trials=trials,
+                                unsafe=unsafe, tiny=tiny)
+
+    if dry_run:
+        click.echo(plan_mod.dumps(plan) if as_json else plan.describe())
+        return
+
+    from optkit import optimize   # imports TensorFlow lazily, as it needs it
+
+    out_dir = out_dir or optimize.default_out_dir()
+    report = optimize.run(plan, out_dir, progress=True)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        click.echo(optimize.summary(report))
+        click.echo(f"\nreport: {out_dir}/report.md, report.html, report.json; replay: "
+                   f"optkit optimize --plan {out_dir}/plan.json")
+    if optimize.failures(report):
+        ctx.exit(1)

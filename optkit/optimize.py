@@ -1,0 +1,552 @@
+"""The main job: plan -> load -> steps in order -> exports -> validation -> benchmark -> report.
+
+`run(plan, out_dir)` executes a resolved optkit.plan.Plan and writes into `out_dir`:
+plan.json (first, so even a crashed run can be replayed), one folder per variant (its model and
+its artifacts), report.json (the single source), report.md, report.html and plots.
+
+Failures are data, not exceptions: a step, an export, a validation or a runtime that fails
+becomes a `failed: <reason>` row and the run goes on; one that cannot run on this machine
+(TensorRT without an NVIDIA GPU, Core ML prediction off macOS) becomes `skipped: <reason>`.
+Only a user error (bad model file, bad data) stops the run, before anything is trained.
+
+Modes (see optkit.recipes): ``chain`` runs the plan's variants in order, each from its parent;
+``ladder`` delegates to optkit.ladder.run_ladder and exports the baseline and the ladder's final
+model; ``search`` hands this pipeline to optkit.search, which creates variants as it goes (they are
+added to the plan so the written plan.json replays exactly what was tried).
+
+The tiny schedule (OPTKIT_TINY=1 or the hidden `--tiny` flag: 1 epoch, 320 samples, short timing
+loops) exists for end-to-end tests; its numbers mean nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import re
+import sys
+import time
+import traceback
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from optkit import plan as plan_mod
+from optkit.errors import OptkitError, Unavailable, UserError
+from optkit.records import FAILED, OK, SKIPPED, SCHEMA, Artifact, Latency, Parity, Variant
+
+# Timing loops: long enough for a stable median on a noisy 2-core machine, short enough that a
+# demo with a dozen artifacts stays within minutes. The tiny schedule shortens them.
+BENCH = {"warmup": 5, "min_time": 0.5, "min_runs": 20}
+KERAS_BATCH = 32          # "inference time per step" is Lesson 14's ms per batch of 32
+MAX_EVAL_SAMPLES = 1000   # artifacts are evaluated on at most this many test samples
+
+
+def default_out_dir() -> str:
+    return os.path.join("runs", "optimize-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+
+
+def _log(message: str) -> None:
+    print(f"optkit: {message}", file=sys.stderr, flush=True)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", name).strip("-")[:60] or "variant"
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for a failure row: the exception's own message, its type when it has none."""
+    text = " ".join(str(exc).split())
+    if not isinstance(exc, OptkitError):
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text[:400]
+
+
+class Pipeline:
+    """The state of one run. optkit.search drives it through `make_variant` and `export`."""
+
+    def __init__(self, plan: plan_mod.Plan, out_dir: str, *, progress: bool = True):
+        self.plan = plan
+        self.out_dir = out_dir
+        self.progress = progress
+        self.tiny = plan.tiny
+        self.bench = dict(BENCH, min_time=plan_mod.TINY["min_time_s"], min_runs=5, warmup=2) if plan.tiny else BENCH
+        self.models: Dict[str, Any] = {}        # variant id -> live model
+        self.records: Dict[str, Variant] = {}   # variant id -> record (insertion order = report order)
+        self.specs: Dict[str, plan_mod.VariantSpec] = {}
+        self.data = None
+        self.strategy = None
+        self.threads = None
+        self.notes: List[str] = []
+        self.started = time.perf_counter()
+
+    # ------------------------------------------------------------------ set-up
+
+    def scope(self):
+        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+
+    def make_strategy(self):
+        """tf.distribute's own strategies: one device works (a CPU here), several GPUs/hosts scale."""
+        if not self.plan.strategy:
+            return None
+        from optkit import keras_io
+
+        tf = keras_io.tf()
+        if self.plan.strategy == "mirrored":
+            return tf.distribute.MirroredStrategy()
+        # Reads TF_CONFIG for the cluster; without it, a single worker (useful to test the path).
+        return tf.distribute.MultiWorkerMirroredStrategy()
+
+    def load_baseline(self) -> Any:
+        """Build or load the baseline model and the data shaped for it."""
+        from optkit import data as data_mod
+        from optkit import keras_io
+
+        plan = self.plan
+        with self.scope():   # variables must be created under the strategy that trains them
+            if plan.model.startswith(plan_mod.ZOO_PREFIX):
+                from optkit import zoo
+
+                model = zoo.build(plan.model[len(plan_mod.ZOO_PREFIX):], seed=plan.seed)
+            else:
+                model = keras_io.load(plan.model, unsafe=plan.unsafe).model
+        input_shape, num_classes = _model_io(model)
+        if plan.data:
+            self.data = data_mod.load_data(plan.data, input_shape=input_shape, num_classes=num_classes,
+                                           seed=plan.seed, limit=plan.data_limit)
+        return model
+
+    # ------------------------------------------------------------------ variants
+
+    def add_baseline(self, model, train_result=None) -> Variant:
+        spec = self.plan.baseline
+        record = Variant(id=spec.id, name=spec.name, parent=None, steps=[])
+        if train_result is not None:
+            record.train_time_per_epoch_s = train_result.time_per_epoch_s
+            record.details["training"] = train_result.to_json()
+        self._finish_variant(spec, record, model)
+        return record
+
+    def make_variant(self, spec: plan_mod.VariantSpec) -> Variant:
+        """Apply `spec.step` to its parent's model; measure, save and export the result."""
+        from optkit import steps as steps_mod
+
+        parent = self.records.get(spec.parent)
+        record = Variant(id=spec.id, name=spec.name, parent=spec.parent,
+                         steps=list(parent.steps) if parent else [])
+        step_entry = {"name": spec.step.name, "options": dict(spec.step.options), "info": {}}
+        record.steps.append(step_entry)
+        self.specs[spec.id] = spec
+        self.records[spec.id] = record
+        if parent is None or spec.parent not in self.models:
+            why = parent.reason if parent is not None and parent.reason else "its parent was not built"
+            record.status, record.reason = SKIPPED, f"parent {spec.parent} unavailable: {why}"
+            record.artifacts = [Artifact(e.format, None, e.quantize, status=SKIPPED, reason="variant not built")
+                                for e in spec.exports]
+            return record
+        step = steps_mod.get(spec.step.name)
+        from optkit.steps import StepContext
+
+        ctx = StepContext(data=self.data, epochs=spec.step.epochs or self.plan.epochs,
+                          batch_size=self.plan.batch_size, progress=self.progress,
+                          workdir=self.variant_dir(record), seed=self.plan.seed,
+                          extra={"strategy": self.strategy,
+                                 "history": [s["name"] for s in record.steps[:-1]]})
+        _log(f"variant {record.name} [{record.id}]: {spec.step.name}"
+             + "".join(f" {k}={v}" for k, v in sorted(spec.step.options.items())))
+        t0 = time.perf_counter()
+        try:
+            with self.scope():
+                result = step.apply(self.models[spec.parent], ctx, **spec.step.options)
+        except UserError:
+            raise   # bad options or a model the step cannot take: the user must change the plan
+        except Exception as exc:  # noqa: BLE001 - a failing step is a failed row, the run goes on
+            record.status, record.reason = FAILED, f"step {spec.step.name} failed: {_reason(exc)}"
+            record.details["traceback"] = traceback.format_exc(limit=8)
+            record.artifacts = [Artifact(e.format, None, e.quantize, status=SKIPPED, reason="variant failed")
+                                for e in spec.exports]
+            _log(record.reason)
+            return record
+        step_entry["info"] = _jsonable(result.info)
+        step_entry["seconds"] = round(time.perf_counter() - t0, 2)
+        training = result.info.get("training") if isinstance(result.info, dict) else None
+        if isinstance(training, dict) and training.get("time_per_epoch_s") is not None:
+            record.train_time_per_epoch_s = training["time_per_epoch_s"]
+        elif isinstance(result.info, dict) and result.info.get("train_time_per_epoch_s") is not None:
+            record.train_time_per_epoch_s = result.info["train_time_per_epoch_s"]
+        self._finish_variant(spec, record, result.model)
+        return record
+
+    def _finish_variant(self, spec, record: Variant, model) -> None:
+        self.specs[spec.id] = spec
+        self.records[record.id] = record
+        self.models[record.id] = model
+        self.measure(record, model)
+        self.save(record, model)
+        record.artifacts = [self.export(record, model, e) for e in spec.exports]
+
+    def variant_dir(self, record: Variant) -> str:
+        path = os.path.join(self.out_dir, f"{_slug(record.name)}-{record.id[:8]}")
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def measure(self, record: Variant, model) -> None:
+        """Parameters, top-1 accuracy on the test split and Keras inference time per batch of 32."""
+        from optkit import keras_io, runner
+
+        try:
+            record.params = int(model.count_params())
+        except Exception as exc:  # noqa: BLE001 - a SavedModel callable may not know
+            record.details["params_error"] = _reason(exc)
+        if self.data is not None:
+            from optkit import train
+
+            try:
+                record.accuracy = train.evaluate(model, self.data.x_test, self.data.y_test,
+                                                 batch_size=KERAS_BATCH)
+            except Exception as exc:  # noqa: BLE001
+                record.details["accuracy_error"] = _reason(exc)
+        try:
+            x = self._inputs(model, KERAS_BATCH)
+            keras_io.predict(model, x, batch_size=KERAS_BATCH)   # trace outside the timed loop
+            stats = runner.measure(lambda: keras_io.predict(model, x, batch_size=KERAS_BATCH),
+                                   warmup=self.bench["warmup"], min_time=self.bench["min_time"],
+                                   min_runs=self.bench["min_runs"])
+            record.inference_ms_per_step = stats["p50"]
+            record.details["inference"] = {"path": "keras_io.predict (compiled tf.function)",
+                                           "batch": KERAS_BATCH, "p90": stats["p90"], "n": stats["n"]}
+        except Exception as exc:  # noqa: BLE001
+            record.details["inference_error"] = _reason(exc)
+
+    def _inputs(self, model, batch):
+        if self.data is not None:
+            x = self.data.x_test[:batch]
+            if len(x) < batch:
+                x = np.resize(x, (batch,) + x.shape[1:])
+            return x.astype(np.float32)
+        shape, _ = _model_io(model)
+        rng = np.random.default_rng(self.plan.seed)
+        return rng.uniform(0.0, 1.0, size=(batch,) + tuple(shape)).astype(np.float32)
+
+    def save(self, record: Variant, model) -> None:
+        """The variant's model in its folder: a Keras 3 `.keras`; tf_keras-only models (QAT) as `.h5`."""
+        from optkit import keras_io
+
+        folder = self.variant_dir(record)
+        path = os.path.join(folder, "model.keras")
+        try:
+            keras_io.save(model, path)
+            record.path = path
+            return
+        except Exception as exc:  # noqa: BLE001
+            first = _reason(exc)
+        if keras_io.flavour_of(model) == "tf_keras":
+            # A quantize-wrapped (QAT) model cannot become Keras 3; keep it in tf_keras' own format.
+            h5 = os.path.join(folder, "model.h5")
+            try:
+                tmp = os.path.join(folder, "model.tmp.h5")
+                model.save(tmp)
+                os.replace(tmp, h5)
+                record.path = h5
+                record.details["saved_as"] = "tf_keras .h5 (cannot be expressed in Keras 3): " + first
+                return
+            except Exception as exc:  # noqa: BLE001
+                first += f"; tf_keras .h5: {_reason(exc)}"
+        record.details["save_error"] = first
+
+    # ------------------------------------------------------------------ exports
+
+    def export(self, record: Variant, model, spec: plan_mod.ExportSpec, *, evaluate: bool = True) -> Artifact:
+        """Export one variant to one format, validate it against the variant, time it, score it."""
+        try:
+            import exporters
+        except ModuleNotFoundError:
+            return Artifact(spec.format, None, spec.quantize, status=FAILED,
+                            reason="the exporters package is not installed in this build")
+        try:
+            module = exporters.get(spec.format)
+        except UserError as exc:
+            return Artifact(spec.format, None, spec.quantize, status=FAILED, reason=str(exc))
+        from optkit import export as export_mod
+
+        out = export_mod.artifact_path(self.variant_dir(record), "model", module, spec.quantize)
+        _log(f"export {record.name} -> {spec.label}")
+        # export_one handles unavailable formats/precisions (skipped) and validates with optkit.parity.
+        artifact = export_mod.export_one(module, model, out, quantize=spec.quantize, data=self.data,
+                                         threads=self.threads)
+        if artifact.status != OK:
+            _log(f"  {spec.label}: {artifact.status}: {artifact.reason}")
+            return artifact
+        self.bench_artifact(module, artifact, evaluate=evaluate)
+        return artifact
+
+    def bench_artifact(self, module, artifact: Artifact, *, evaluate: bool = True) -> None:
+        """Latency at batch 1 (the deployment case) and top-1 accuracy on the test split."""
+        from optkit import runner
+
+        threads = runner.default_threads()
+        try:
+            result, predictor, _ = runner.bench_loaded(
+                lambda: module.load(artifact.path, threads=threads), artifact.path, batch=1,
+                warmup=self.bench["warmup"], min_time=self.bench["min_time"], min_runs=self.bench["min_runs"])
+        except Unavailable as exc:
+            artifact.details["bench"] = f"skipped: {exc}"
+            return
+        except Exception as exc:  # noqa: BLE001 - it exported but does not run here: a failed row
+            artifact.status, artifact.reason = FAILED, f"runtime failed: {_reason(exc)}"
+            return
+        stats = result["latency_ms"]
+        artifact.latency_ms = Latency(runtime=result["runtime"], p50=stats["p50"], p90=stats["p90"],
+                                      p99=stats["p99"], mean=stats["mean"], std=stats["std"], n=stats["n"],
+                                      threads=result.get("threads"), batch=1)
+        artifact.details.update(load_ms=round(result["load_ms"], 3), cold_ms=round(result["cold_ms"], 3),
+                                peak_rss_mb=result.get("peak_rss_mb"))
+        if evaluate and self.data is not None:
+            try:
+                artifact.accuracy = _predictor_accuracy(predictor, self.data.x_test[:MAX_EVAL_SAMPLES],
+                                                        self.data.y_test[:MAX_EVAL_SAMPLES])
+            except Exception as exc:  # noqa: BLE001
+                artifact.details["accuracy_error"] = _reason(exc)
+
+    # ------------------------------------------------------------------ report
+
+    def report(self, started: float, extra: Optional[dict] = None) -> dict:
+        from optkit import env
+
+        plan = self.plan
+        report = {
+            "schema": SCHEMA,
+            "kind": "optimize",
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "env": env.fingerprint(threads=self.threads),
+            "plan": {"mode": plan.mode, "recipe": plan.recipe, "model": plan.model, "data": plan.data,
+                     "epochs": plan.epochs, "batch_size": plan.batch_size, "seed": plan.seed,
+                     "strategy": plan.strategy, "tiny": plan.tiny, "file": "plan.json"},
+            "data": _data_summary(self.data),
+            "variants": [r.to_json() for r in self.records.values()],
+            "notes": list(self.notes),
+            "elapsed_s": round(time.perf_counter() - started, 1),
+        }
+        report.update(extra or {})
+        report["failures"] = failures(report)
+        report["status"] = FAILED if report["failures"] else OK
+        return report
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+def _model_io(model):
+    """(input shape without batch, number of classes) of a single-input classifier."""
+    inputs = model.inputs if hasattr(model, "inputs") and model.inputs else None
+    if inputs is None:
+        raise UserError("optimize needs a Keras model with a known input shape")
+    if len(inputs) != 1:
+        raise UserError(f"optimize handles single-input models; this one has {len(inputs)} inputs")
+    shape = tuple(int(d) if d is not None else None for d in inputs[0].shape[1:])
+    if any(d is None for d in shape):
+        raise UserError(f"the model's input shape {shape} has unknown dimensions; rebuild it with a fixed "
+                        "input size")
+    out = model.outputs[0].shape
+    return shape, (int(out[-1]) if out[-1] is not None else None)
+
+
+def _jsonable(value):
+    try:
+        json.dumps(value)
+        return value
+    except TypeError:
+        return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def _data_summary(data):
+    if data is None:
+        return None
+    return {"source": getattr(data, "source", None), "num_classes": getattr(data, "num_classes", None),
+            "input_shape": list(getattr(data, "input_shape", []) or []),
+            "train": int(len(data.x_train)), "val": int(len(data.x_val)), "test": int(len(data.x_test))}
+
+
+def _predictor_accuracy(predictor, x, y, batch: int = 32) -> float:
+    """Top-1 accuracy of a runtime predictor (float32 in/out), batch by batch."""
+    correct = 0
+    for i in range(0, len(x), batch):
+        chunk = x[i:i + batch].astype(np.float32)
+        out = predictor(chunk)[0]
+        correct += int(np.sum(np.asarray(out).reshape(len(chunk), -1).argmax(axis=1) == y[i:i + batch]))
+    return correct / float(len(x))
+
+
+def failures(report: dict) -> List[str]:
+    """Every failed variant or artifact, one line each (skipped ones are not failures)."""
+    found = []
+    for v in report.get("variants", []):
+        if v.get("status") == FAILED:
+            found.append(f"{v['name']}: {v.get('reason', '')}")
+        for a in v.get("artifacts", []):
+            if a.get("status") == FAILED:
+                label = a["format"] + ("" if a.get("quantize") in (None, "none") else f":{a['quantize']}")
+                found.append(f"{v['name']} {label}: {a.get('reason', '')}")
+    return found
+
+
+def summary(report: dict) -> str:
+    """The terminal summary: Lesson 14's layout (variants as columns), rendered by optkit.report."""
+    from optkit import report as report_mod
+
+    text = report_mod.lesson14_table(report)
+    search = report.get("search")
+    if search:
+        text += "\n\n" + _search_summary(search)
+    if report.get("failures"):
+        text += "\n\nfailed:\n" + "\n".join(f"  {line}" for line in report["failures"])
+    return text
+
+
+def _search_summary(search: dict) -> str:
+    goal = search["goal"]
+    best = search.get("best")
+    lines = [f"search: accuracy drop <= {goal['max_accuracy_drop']:g} points, best by {goal['objective']}; "
+             f"{search['trials']} candidate(s) in {search['elapsed_s']:.0f} s"
+             + (f" (stopped: {search['stopped']})" if search.get("stopped") else "")]
+    if best:
+        met = "meets the goal" if search.get("met") else "best so far: NO candidate met the goal"
+        lines.append(f"best: {best['label']} ({met}; accuracy {_pct(best.get('accuracy'))}, "
+                     f"{_num(best.get('latency_ms'))} ms, {_num(best.get('gzip_bytes'))} B gzip)")
+    lines.append("pareto (size, latency, accuracy): " + ", ".join(p["label"] for p in search.get("pareto", [])))
+    return "\n".join(lines)
+
+
+def _pct(x):
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x):
+    return "-" if x is None else (f"{x:.3g}" if isinstance(x, float) else f"{x:,}")
+
+
+# ---------------------------------------------------------------------------------- run
+
+def run(plan: plan_mod.Plan, out_dir: str, *, progress: bool = True) -> dict:
+    """Execute `plan` into `out_dir`; returns the report (also written as report.json)."""
+    os.makedirs(out_dir, exist_ok=True)
+    plan_path = os.path.join(out_dir, "plan.json")
+    plan_mod.write(plan, plan_path)
+    started = time.perf_counter()
+    pipe = Pipeline(plan, out_dir, progress=progress)
+    pipe.started = started
+    from optkit import keras_io, runner
+
+    keras_io.tf()   # TensorFlow from here on; its own logs are quieted by keras_io
+    pipe.threads = runner.default_threads()   # set explicitly and recorded: comparisons stay fair
+    pipe.strategy = pipe.make_strategy()
+    extra = {}
+    if plan.mode == "ladder":
+        extra = _run_ladder(pipe)
+    else:
+        model = pipe.load_baseline()
+        train_result = None
+        if plan.train_baseline:
+            from optkit import train
+
+            _log(f"training the baseline {plan.model} for {plan.epochs} epoch(s) on {plan.data}")
+            train_result = train.fit(model, pipe.data, epochs=plan.epochs, batch_size=plan.batch_size,
+                                     progress=progress, strategy=pipe.strategy, seed=plan.seed)
+        pipe.add_baseline(model, train_result)
+        if plan.mode == "search" and not plan.search.explored:
+            from optkit import search
+
+            extra = {"search": search.run(pipe)}
+            plan_mod.write(plan, plan_path)   # now lists every candidate tried: --plan replays them
+        else:
+            for spec in plan.variants[1:]:
+                pipe.make_variant(spec)
+            if plan.mode == "search":          # a replayed search: same candidates, same marking
+                from optkit import search
+
+                extra = {"search": search.mark(pipe, replayed=True)}
+    report = pipe.report(started, extra)
+    write_report(report, out_dir)
+    return report
+
+
+def _run_ladder(pipe: Pipeline) -> dict:
+    """Lesson 14's ladder (optkit.ladder), then the plan's exports of the baseline and final model."""
+    from optkit import ladder
+
+    plan = pipe.plan
+    model = pipe.load_baseline() if not plan.model.startswith(plan_mod.ZOO_PREFIX) else None
+    target = model if model is not None else plan.model[len(plan_mod.ZOO_PREFIX):]
+    if pipe.data is None:
+        from optkit import data as data_mod, zoo
+
+        probe = zoo.build(target, seed=plan.seed)
+        shape, classes = _model_io(probe)
+        pipe.data = data_mod.load_data(plan.data, input_shape=shape, num_classes=classes,
+                                       seed=plan.seed, limit=plan.data_limit)
+    result = ladder.run_ladder(target, pipe.data, epochs=plan.epochs, batch_size=plan.batch_size,
+                               progress=pipe.progress, workdir=pipe.out_dir)
+    return _adopt_ladder(pipe, result)
+
+
+def _adopt_ladder(pipe: Pipeline, result: dict) -> dict:
+    """Give the ladder's variants plan ids (baseline id, then hash(parent, step, options)) and export."""
+    from optkit import keras_io
+
+    plan = pipe.plan
+    parent = plan.baseline
+    ladder_variants = result.get("variants", [])
+    for i, v in enumerate(ladder_variants):
+        if i == 0:
+            spec = parent
+        else:
+            new_steps = v.get("steps", [])[len(ladder_variants[i - 1].get("steps", [])):] or [{"name": v["name"]}]
+            step = new_steps[-1] if isinstance(new_steps[-1], dict) else {"name": str(new_steps[-1])}
+            spec = plan_mod.child(parent, plan_mod.PlanStep(step.get("name", v["name"]),
+                                                            dict(step.get("options", {}))),
+                                  name=v["name"], exports=[])
+        record = Variant(id=spec.id, name=v["name"], parent=parent.id if i else None,
+                         steps=[s if isinstance(s, dict) else {"name": s} for s in v.get("steps", [])],
+                         path=v.get("path"), params=v.get("params"), accuracy=v.get("accuracy"),
+                         train_time_per_epoch_s=v.get("train_time_per_epoch_s"),
+                         inference_ms_per_step=v.get("inference_ms_per_step"),
+                         status=v.get("status", OK), reason=v.get("reason", ""),
+                         details=dict(v.get("details", {}), ladder_id=v.get("id")))
+        pipe.records[spec.id] = record
+        pipe.specs[spec.id] = spec
+        parent = spec
+    pipe.notes.extend(result.get("notes", []))
+    # Exports: the baseline and the last model of the ladder (speed settings change training,
+    # not the deployed graph, so the final rung is the one to ship).
+    records = list(pipe.records.values())
+    targets = [records[0]] + ([records[-1]] if len(records) > 1 else [])
+    for record in targets:
+        model = None
+        if record.path and os.path.exists(record.path):
+            model = keras_io.load(record.path).model
+        if model is None:
+            record.artifacts = [Artifact(e.format, None, e.quantize, status=FAILED,
+                                         reason="the ladder did not save this variant's model")
+                                for e in plan.baseline.exports]
+            continue
+        record.artifacts = [pipe.export(record, model, e) for e in plan.baseline.exports]
+    return {"ladder": {k: v for k, v in result.items() if k not in ("variants", "env", "schema")}}
+
+
+def write_report(report: dict, out_dir: str) -> None:
+    """report.json (the source), then report.md / report.html and plots rendered from it."""
+    from optkit import report as report_mod
+
+    _atomic_text(os.path.join(out_dir, "report.json"), json.dumps(report, indent=2, sort_keys=True) + "\n")
+    try:
+        report_mod.write_plots(report, out_dir)
+    except Exception as exc:  # noqa: BLE001 - a plot must not lose the run's numbers
+        _log(f"plots failed: {_reason(exc)}")
+    for fmt in ("md", "html"):
+        _atomic_text(os.path.join(out_dir, f"report.{fmt}"), report_mod.render(report, fmt))
+
+
+def _atomic_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)

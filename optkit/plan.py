@@ -1,0 +1,389 @@
+"""The resolved plan of an `optkit optimize` run, and how it is written to and read from plan.json.
+
+Everything is decided here, before TensorFlow is imported: which model, which data, which
+variants (each a step applied to a parent), which exports. `--dry-run` prints this; the run
+writes it as DIR/plan.json; `--plan DIR/plan.json` replays it to the same variants.
+
+Variant ids are content hashes: the baseline's id hashes what the model is (the file's sha256, or
+the zoo name) and how it is trained (data, seed, epochs, batch size); a child's id hashes
+(parent id, step name, resolved options). The same plan therefore yields the same ids on any
+machine, and a changed option yields a new id.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+from optkit import recipes as recipes_mod
+from optkit.errors import UserError
+
+PLAN_SCHEMA = 1
+ZOO_PREFIX = "zoo:"
+DEFAULT_MODEL = "zoo:lesson14"      # the embedded default (no MODEL, no --data)
+DEFAULT_DATA = "synthetic:shapes"
+DEFAULT_RECIPE = "lesson14"
+# A user's model with no recipe and no steps: export it in the usual precisions and measure each.
+DEFAULT_EXPORTS = ("tflite", "tflite:int8", "onnx")
+STRATEGIES = ("mirrored", "multiworker")
+OBJECTIVES = ("size", "latency")
+
+# Short schedules: training from scratch on 2 CPU cores has to fit the 10-minute demo budget.
+DEFAULT_EPOCHS = 3            # baseline training of a zoo model and each fine-tune
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_DATA_LIMIT = 3000     # samples drawn from a synthetic source for the embedded default
+# OPTKIT_TINY=1 (or the hidden --tiny option): a schedule small enough for end-to-end tests.
+TINY = {"epochs": 1, "data_limit": 320, "min_time_s": 0.05, "trials": 3}
+
+
+@dataclass
+class ExportSpec:
+    format: str
+    quantize: str = "none"
+
+    @classmethod
+    def parse(cls, spec: str) -> "ExportSpec":
+        fmt, _, quant = spec.strip().partition(":")
+        if not fmt:
+            raise UserError(f"bad export '{spec}': expected FORMAT[:QUANTIZE], e.g. tflite:int8")
+        return cls(fmt.strip().lower(), (quant.strip().lower() or "none"))
+
+    @property
+    def label(self) -> str:
+        return self.format if self.quantize == "none" else f"{self.format}:{self.quantize}"
+
+
+@dataclass
+class PlanStep:
+    name: str
+    options: Dict[str, Any] = field(default_factory=dict)   # resolved: every option, typed
+    epochs: Optional[int] = None   # fine-tune length for steps that train (it changes the result)
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+
+@dataclass
+class VariantSpec:
+    id: str
+    name: str
+    parent: Optional[str]                  # parent variant id; None for the baseline
+    step: Optional[PlanStep] = None        # the step that made it from its parent
+    exports: List[ExportSpec] = field(default_factory=list)
+
+
+@dataclass
+class SearchSpec:
+    max_accuracy_drop: float               # points of top-1 accuracy below the baseline
+    budget_minutes: Optional[float] = None
+    trials: Optional[int] = None
+    objective: str = "size"                # what "best" means among candidates in budget
+    explored: bool = False                 # True once a run searched: the variants are its candidates
+
+
+@dataclass
+class Plan:
+    model: str                             # a path, or "zoo:NAME"
+    data: Optional[str]
+    mode: str                              # chain | ladder | search
+    variants: List[VariantSpec]            # baseline first; children after their parents
+    recipe: Optional[str] = None
+    model_sha256: Optional[str] = None
+    train_baseline: bool = False           # zoo models start untrained
+    epochs: int = DEFAULT_EPOCHS
+    batch_size: int = DEFAULT_BATCH_SIZE
+    seed: int = 0
+    data_limit: Optional[int] = None
+    strategy: Optional[str] = None
+    unsafe: bool = False
+    tiny: bool = False
+    search: Optional[SearchSpec] = None
+    schema: int = PLAN_SCHEMA
+
+    @property
+    def baseline(self) -> VariantSpec:
+        return self.variants[0]
+
+    def to_json(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """A readable rendering for `--dry-run` without `--json`."""
+        lines = [f"model:    {self.model}" + ("  (trained from scratch)" if self.train_baseline else ""),
+                 f"data:     {self.data or '(none: exports and latency only)'}"
+                 + (f"  (first {self.data_limit} samples)" if self.data_limit else ""),
+                 f"mode:     {self.mode}" + (f"  (recipe {self.recipe})" if self.recipe else ""),
+                 f"training: {self.epochs} epoch(s), batch {self.batch_size}, seed {self.seed}"
+                 + (f", strategy {self.strategy}" if self.strategy else "")
+                 + ("  [tiny schedule]" if self.tiny else "")]
+        if self.search:
+            s = self.search
+            limit = (f"{s.budget_minutes:g} min" if s.budget_minutes else "") + \
+                    (f"{', ' if s.budget_minutes else ''}{s.trials} trials" if s.trials else "")
+            lines.append(f"search:   accuracy drop <= {s.max_accuracy_drop:g} points, best by {s.objective}"
+                         + (f", within {limit}" if limit else ""))
+        if self.mode == "ladder":
+            lines.append("ladder:   Naive -> Pooling -> Separable -> +JIT -> +AMP -> +Fusing "
+                         "(speed settings kept only where they help on this machine)")
+        lines.append("variants:")
+        names = {v.id: v.name for v in self.variants}
+        for v in self.variants:
+            step = ""
+            if v.step:
+                opts = ", ".join(f"{k}={val}" for k, val in sorted(v.step.options.items()))
+                step = f" <- {names.get(v.parent, v.parent)} + {v.step.name}" + (f"({opts})" if opts else "")
+            exports = ", ".join(e.label for e in v.exports) or "-"
+            lines.append(f"  {v.id}  {v.name}{step}   exports: {exports}")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------- ids
+
+def _digest(payload) -> str:
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def baseline_id(plan_model: str, model_sha256: Optional[str], data: Optional[str], *, train: bool,
+                epochs: int, batch_size: int, seed: int, data_limit: Optional[int]) -> str:
+    payload = {"model": model_sha256 or plan_model, "data": data, "seed": seed, "data_limit": data_limit}
+    if train:  # the baseline's weights depend on its training schedule only when we train it
+        payload.update(epochs=epochs, batch_size=batch_size)
+    return _digest(["baseline", payload])
+
+
+def variant_id(parent_id: str, step_name: str, options: Dict[str, Any], epochs: Optional[int] = None) -> str:
+    payload = [parent_id, step_name, options]
+    if epochs is not None:
+        payload.append({"epochs": epochs})
+    return _digest(payload)
+
+
+def child(parent: VariantSpec, step: PlanStep, *, name: Optional[str] = None,
+          exports: Optional[List[ExportSpec]] = None) -> VariantSpec:
+    """The variant made by applying `step` to `parent`; fine-tuning epochs are part of the options."""
+    return VariantSpec(id=variant_id(parent.id, step.name, step.options, step.epochs),
+                       name=name or (step.label if parent.parent is None else f"{parent.name}+{step.label}"),
+                       parent=parent.id, step=step,
+                       exports=list(parent.exports if exports is None else exports))
+
+
+def resolve_step(spec: str, *, epochs: int) -> PlanStep:
+    """'prune:sparsity=0.5' -> PlanStep with every option typed and defaulted (via the step registry).
+
+    The registry imports the step modules, none of which imports TensorFlow at module level.
+    `epochs` (the fine-tune length) is recorded with steps that train, because it changes the result.
+    """
+    from optkit import steps
+
+    name, raw = steps.parse_step_spec(spec)
+    step = steps.get(name)
+    options = step.parse_options(raw)
+    return PlanStep(name=name, options=options, epochs=None if step.kind == "speed" else epochs)
+
+
+# ----------------------------------------------------------------------------------------- resolve
+
+def resolve(*, model: Optional[str] = None, data: Optional[str] = None, recipe: Optional[str] = None,
+            steps=(), to: Optional[str] = None, epochs: Optional[int] = None,
+            batch_size: Optional[int] = None, seed: Optional[int] = None, strategy: Optional[str] = None,
+            max_accuracy_drop: Optional[float] = None, budget: Optional[float] = None,
+            trials: Optional[int] = None, unsafe: bool = False, tiny: Optional[bool] = None) -> Plan:
+    """Command-line choices -> a Plan (UserError for contradictions). Imports no TensorFlow."""
+    steps = list(steps or ())
+    if tiny is None:
+        tiny = os.environ.get("OPTKIT_TINY", "") not in ("", "0")
+    if recipe and steps:
+        raise UserError("use either --recipe or --step, not both")
+    if strategy and strategy not in STRATEGIES:
+        raise UserError(f"--strategy must be one of {', '.join(STRATEGIES)}")
+    for flag, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--trials", trials)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be at least 1")
+    if budget is not None and budget <= 0:
+        raise UserError("--budget must be a positive number of minutes")
+    if max_accuracy_drop is not None and max_accuracy_drop < 0:
+        raise UserError("--max-accuracy-drop must be >= 0 (points of top-1 accuracy)")
+
+    if model is None and data is None and not recipe and not steps and max_accuracy_drop is None:
+        recipe = DEFAULT_RECIPE          # the embedded default: `optkit optimize` alone
+    rec = recipes_mod.get(recipe) if recipe else None
+
+    mode = rec.mode if rec else ("search" if max_accuracy_drop is not None else "chain")
+    if max_accuracy_drop is not None and mode != "search":
+        raise UserError(f"--max-accuracy-drop starts a search; it cannot be combined with "
+                        f"{'recipe ' + rec.name if rec else '--step'} (try --recipe fast-cpu or drop --step)")
+    if (budget is not None or trials is not None) and mode != "search":
+        raise UserError("--budget/--trials limit a search: add --max-accuracy-drop PCT")
+    if budget is not None and trials is not None:
+        raise UserError("use either --budget or --trials, not both")
+
+    defaults = rec.defaults if rec else {}
+    epochs = epochs or defaults.get("epochs") or (TINY["epochs"] if tiny else DEFAULT_EPOCHS)
+    batch_size = batch_size or defaults.get("batch_size") or DEFAULT_BATCH_SIZE
+    seed = seed if seed is not None else defaults.get("seed", 0)
+
+    model_ref, sha, train = _model_ref(model)
+    if data is None and model is None:
+        data = DEFAULT_DATA
+    data_limit = None
+    if data and data.startswith("synthetic:"):
+        data_limit = TINY["data_limit"] if tiny else (DEFAULT_DATA_LIMIT if model is None else None)
+    if train and not data:
+        raise UserError("a zoo model starts untrained: give --data to train it")
+
+    if to:
+        exports = [ExportSpec.parse(s) for s in to.split(",") if s.strip()]
+    elif rec and rec.to:
+        exports = [ExportSpec.parse(s) for s in rec.to]
+    elif mode == "search":
+        exports = []   # the search chooses precisions and runtimes itself
+    else:
+        exports = [ExportSpec.parse(s) for s in DEFAULT_EXPORTS]
+    _check_exports(exports)
+
+    search = None
+    if mode == "search":
+        goal = max_accuracy_drop if max_accuracy_drop is not None else (rec.max_accuracy_drop if rec else None)
+        if goal is None:
+            raise UserError(f"recipe {rec.name} is a search: give --max-accuracy-drop PCT")
+        if not data:
+            raise UserError("an accuracy-aware search needs labelled data: give --data SRC")
+        if budget is None and trials is None:
+            trials = TINY["trials"] if tiny else None
+            budget = None if tiny else 10.0
+        search = SearchSpec(max_accuracy_drop=float(goal), budget_minutes=budget, trials=trials,
+                            objective=rec.objective if rec else "size")
+
+    base = VariantSpec(id=baseline_id(model_ref, sha, data, train=train, epochs=epochs,
+                                      batch_size=batch_size, seed=seed, data_limit=data_limit),
+                       name="baseline", parent=None, exports=exports)
+    variants = [base]
+    if mode == "chain":
+        specs = list(rec.steps) if rec else steps
+        if specs and not data:
+            raise UserError("steps fine-tune the model: give --data SRC (labelled images) to train on")
+        parent = base
+        for spec in specs:
+            parent = child(parent, resolve_step(spec, epochs=epochs))
+            variants.append(parent)
+
+    return Plan(model=model_ref, data=data, mode=mode, variants=variants,
+                recipe=rec.name if rec else None, model_sha256=sha, train_baseline=train,
+                epochs=epochs, batch_size=batch_size, seed=seed, data_limit=data_limit,
+                strategy=strategy, unsafe=unsafe, tiny=bool(tiny), search=search)
+
+
+def _model_ref(model: Optional[str]):
+    """(reference, sha256 of the file or None, whether the baseline must be trained)."""
+    if model is None:
+        return DEFAULT_MODEL, None, True
+    if model.startswith(ZOO_PREFIX):
+        from optkit import zoo   # the registry metadata is TF-free
+
+        name = model[len(ZOO_PREFIX):]
+        known = [e.name for e in zoo.list_models()]
+        if name not in known:
+            import difflib
+
+            close = difflib.get_close_matches(name, known, n=1)
+            raise UserError(f"unknown zoo model '{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        return model, None, True
+    if not os.path.exists(model):
+        raise UserError(f"model not found: {model}")
+    return os.path.abspath(model), _sha256(model), False
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    if os.path.isdir(path):    # a SavedModel directory: hash every file, in a stable order
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                full = os.path.join(root, name)
+                h.update(os.path.relpath(full, path).encode())
+                _update_file(h, full)
+    else:
+        _update_file(h, path)
+    return h.hexdigest()
+
+
+def _update_file(h, path):
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+
+
+def _check_exports(exports: List[ExportSpec]):
+    """Unknown formats or precisions fail now (with "did you mean"), not after an hour of training."""
+    try:
+        import exporters
+    except ModuleNotFoundError:   # a build without the exporters package: the run reports it
+        return
+    if not exporters.registry():
+        return
+    for e in exports:
+        module = exporters.get(e.format)
+        if e.quantize not in module.PRECISIONS:
+            raise UserError(f"--to {e.label}: {e.format} supports quantize "
+                            f"{', '.join(module.PRECISIONS)}, not '{e.quantize}'")
+
+
+# ----------------------------------------------------------------------------------------- plan.json
+
+def dumps(plan: Plan) -> str:
+    return json.dumps(plan.to_json(), indent=2, sort_keys=True)
+
+
+def write(plan: Plan, path: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        fh.write(dumps(plan) + "\n")
+    os.replace(tmp, path)
+
+
+def load(path: str) -> Plan:
+    """Read a plan.json written by a run (or by --dry-run --json) to replay it."""
+    try:
+        with open(path) as fh:
+            doc = json.load(fh)
+    except FileNotFoundError:
+        raise UserError(f"plan file not found: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read plan {path}: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("schema") != PLAN_SCHEMA:
+        raise UserError(f"{path} is not an optkit plan (schema {PLAN_SCHEMA})")
+    try:
+        variants = [VariantSpec(id=v["id"], name=v["name"], parent=v["parent"],
+                                step=PlanStep(**v["step"]) if v.get("step") else None,
+                                exports=[ExportSpec(**e) for e in v.get("exports", [])])
+                    for v in doc["variants"]]
+        search = SearchSpec(**doc["search"]) if doc.get("search") else None
+        fields = {k: doc[k] for k in ("model", "data", "mode", "recipe", "model_sha256", "train_baseline",
+                                      "epochs", "batch_size", "seed", "data_limit", "strategy", "unsafe",
+                                      "tiny") if k in doc}
+        plan = Plan(variants=variants, search=search, **fields)
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"{path}: malformed plan ({exc})") from None
+    _check_replay(plan, path)
+    return plan
+
+
+def _check_replay(plan: Plan, path: str) -> None:
+    """Refuse a plan whose model changed since it was written, or whose ids were edited."""
+    if plan.model_sha256:
+        if not os.path.exists(plan.model):
+            raise UserError(f"{path}: model {plan.model} no longer exists")
+        if _sha256(plan.model) != plan.model_sha256:
+            raise UserError(f"{path}: model {plan.model} changed since the plan was written (sha256 differs)")
+    ids = {}
+    for v in plan.variants:
+        if v.parent is not None:
+            if v.parent not in ids or v.step is None:
+                raise UserError(f"{path}: variant {v.id} has an unknown parent {v.parent}")
+            if variant_id(v.parent, v.step.name, v.step.options, v.step.epochs) != v.id:
+                raise UserError(f"{path}: variant {v.id}'s id does not match its step and options")
+        ids[v.id] = v
