@@ -1,0 +1,177 @@
+"""ONNX through tf2onnx, run with onnxruntime; float16 and int8 through onnxruntime's own tools.
+
+tf2onnx's `from_keras` fails on Keras 3 Sequential models (STACK.md), so every model goes through
+`from_function` on a tf.function with an input signature; outputs are named output_0..n.
+Quantization:
+  dynamic  onnxruntime.quantization.quantize_dynamic (int8 weights, activations at run time)
+  int8     quantize_static, QDQ format, calibrated on --data (or random inputs, and said so)
+  float16  onnxruntime.transformers.float16 (float16 weights and math, float32 I/O kept)
+`reduce_range=True` because this x86 CPU has AVX2 without VNNI: full-range int8 saturates the
+u8s8 multiply there (STACK.md measured top-1 agreement 0.65 -> 0.94 with it).
+"""
+from __future__ import annotations
+
+import os
+
+from exporters import _common
+from optkit.errors import UserError
+
+NAME = "onnx"
+SUFFIX = ".onnx"
+PRECISIONS = ("none", "dynamic", "float16", "int8")
+NAMES_OUTPUTS = True
+
+# Opset 17 converts every zoo model here with tf2onnx 1.17 and runs on onnxruntime >= 1.13.
+DEFAULT_OPSET = 17
+_OPTIONS = ("opset", "per_channel", "reduce_range", "calibration_samples", "op_types")
+
+
+def available():
+    import importlib.util
+
+    missing = [m for m in ("tf2onnx", "onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        return False, f"{', '.join(missing)} not installed (pip install 'optkit[export]')"
+    return True, ""
+
+
+def export(model, out_path, *, quantize="none", data=None, **options):
+    """Write `out_path` (.onnx). Options: opset (int, default 17); for int8/dynamic:
+    per_channel (bool, default False), reduce_range (bool, default True),
+    calibration_samples (int, default 100), op_types (comma list, e.g. "Conv,MatMul")."""
+    unknown = set(options) - set(_OPTIONS)
+    if unknown:
+        raise UserError(f"onnx: unknown option(s) {', '.join(sorted(unknown))} (known: {', '.join(_OPTIONS)})")
+    if quantize not in PRECISIONS:
+        raise UserError(f"onnx cannot quantize '{quantize}' (supported: {', '.join(PRECISIONS)})")
+    opset = int(options.get("opset", DEFAULT_OPSET))
+    details = {"converter": "tf2onnx.from_function", "opset": opset, "quantize": quantize}
+    with _common.atomic_output(out_path) as tmp:
+        float_path = tmp if quantize == "none" else tmp + ".float.onnx"
+        to_onnx(model, float_path, opset=opset)
+        try:
+            if quantize == "dynamic":
+                _quantize_dynamic(float_path, tmp, options, details)
+            elif quantize == "int8":
+                _quantize_static(model, float_path, tmp, data, options, details)
+            elif quantize == "float16":
+                _to_float16(float_path, tmp, details)
+        finally:
+            if float_path != tmp and os.path.exists(float_path):
+                os.unlink(float_path)
+    details.update(inspect(out_path))
+    return details
+
+
+def to_onnx(model, path, *, opset=DEFAULT_OPSET):
+    """Float32 ONNX of a Keras model (either flavour) or a keras_io SavedModelCallable."""
+    import tf2onnx
+
+    fn, _, specs = _common.named_serving_function(model)
+    tf2onnx.convert.from_function(fn, input_signature=specs, opset=opset, output_path=os.fspath(path))
+    return path
+
+
+def _quant_kwargs(options):
+    return {
+        "per_channel": bool(options.get("per_channel", False)),
+        "reduce_range": bool(options.get("reduce_range", True)),
+    }
+
+
+def _op_types(options):
+    value = options.get("op_types")
+    if not value:
+        return None
+    return [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+
+
+def _quantize_dynamic(src, dst, options, details):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    kwargs = _quant_kwargs(options)
+    quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=_op_types(options), **kwargs)
+    details.update(quantizer="onnxruntime.quantization.quantize_dynamic", weight_type="QInt8", **kwargs)
+
+
+def _quantize_static(model, src, dst, data, options, details):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    samples, source = _common.sample_inputs(
+        model, data, n=int(options.get("calibration_samples", _common.CALIBRATION_SAMPLES)))
+    names = _input_names(src)
+
+    class Reader(CalibrationDataReader):
+        """One sample per call, then None (the protocol quantize_static expects)."""
+
+        def __init__(self):
+            self._i = 0
+
+        def get_next(self):
+            if self._i >= len(samples[0]):
+                return None
+            feed = {name: a[self._i:self._i + 1] for name, a in zip(names, samples)}
+            self._i += 1
+            return feed
+
+    # Shape inference and graph cleanup first, as onnxruntime's docs require for static quantization.
+    prepped = src + ".prep.onnx"
+    try:
+        quant_pre_process(src, prepped, skip_symbolic_shape=False)
+    except Exception:  # pre-processing is an optimisation; quantize the raw graph if it fails
+        prepped = src
+    kwargs = _quant_kwargs(options)
+    try:
+        quantize_static(prepped, dst, Reader(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=_op_types(options), **kwargs)
+    finally:
+        if prepped != src and os.path.exists(prepped):
+            os.unlink(prepped)
+    details.update(quantizer="onnxruntime.quantization.quantize_static", quant_format="QDQ",
+                   activation_type="QInt8", weight_type="QInt8", calibration_source=source, **kwargs)
+
+
+def _to_float16(src, dst, details):
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    m = convert_float_to_float16(onnx.load(src), keep_io_types=True)
+    onnx.save(m, dst)
+    details.update(float16="onnxruntime.transformers.float16 (float32 I/O kept)")
+
+
+def _input_names(path):
+    import onnx
+
+    m = onnx.load(path, load_external_data=False)
+    initializers = {i.name for i in m.graph.initializer}
+    return [i.name for i in m.graph.input if i.name not in initializers]
+
+
+def load(path, *, threads=None, providers=None, **options):
+    """A runner Predictor on onnxruntime with explicit threads (and providers, default CPU)."""
+    from optkit import runner
+
+    try:
+        return runner.load_predictor(os.fspath(path), runtime="onnxruntime", threads=threads, providers=providers)
+    except runner.RunnerError as exc:
+        raise UserError(str(exc)) from None
+
+
+def inspect(path):
+    """Opset, op types and quantized-tensor count of an .onnx file."""
+    import onnx
+
+    m = onnx.load(os.fspath(path), load_external_data=False)
+    ops = [n.op_type for n in m.graph.node]
+    int8 = sum(1 for t in m.graph.initializer if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8))
+    return {
+        "opsets": {o.domain or "ai.onnx": o.version for o in m.opset_import},
+        "ops": sorted(set(ops)),
+        "op_count": len(ops),
+        "int8_initializers": int8,
+        "inputs": [i.name for i in m.graph.input if i.name not in {t.name for t in m.graph.initializer}],
+        "outputs": [o.name for o in m.graph.output],
+    }

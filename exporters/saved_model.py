@@ -1,0 +1,108 @@
+"""TensorFlow SavedModel: the serving function of a Keras model, with its `serving_default`
+signature (inputs named after the model's inputs, outputs output_0..n).
+
+Saved with `tf.saved_model.save` of a module that holds the model (so its variables are tracked)
+and the named serving function, the same for Keras 3 and tf_keras models. Loading runs the
+serving signature through TensorFlow: this format is for TF Serving / TF runtimes, not devices.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+from exporters import _common
+from optkit.errors import UserError
+from optkit.runner import Predictor, TensorSpec
+
+NAME = "saved_model"
+SUFFIX = "_saved_model"      # a directory: model_saved_model/
+PRECISIONS = ("none",)
+NAMES_OUTPUTS = True
+
+
+def available():
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        return False, "tensorflow is not installed (pip install 'optkit[tf]')"
+    return True, ""
+
+
+def export(model, out_path, *, quantize="none", data=None, **options):
+    if options:
+        raise UserError(f"saved_model: unknown option(s) {', '.join(sorted(options))} (it takes none)")
+    if quantize != "none":
+        raise UserError(f"saved_model cannot quantize '{quantize}' (supported: none)")
+    from optkit import keras_io
+
+    tf = keras_io.tf()
+    _, concrete, _ = _common.named_serving_function(model)
+    holder = tf.Module()
+    # Attribute assignment makes tf.Module track the model's variables, so they are saved.
+    holder.model = model.loaded if isinstance(model, keras_io.SavedModelCallable) else model
+    with _common.atomic_output(out_path) as tmp:
+        tf.saved_model.save(holder, tmp, signatures={"serving_default": concrete})
+    return {"converter": "tf.saved_model.save", "signature": "serving_default"}
+
+
+def _natural(name):
+    # output_10 after output_9: signature dicts come back in string order.
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+class SavedModelPredictor(Predictor):
+    """Runs a SavedModel's serving signature (float32 in, list of float32 out)."""
+
+    runtime = "tensorflow"
+    backend = "tensorflow.saved_model"
+
+    def __init__(self, path, threads):
+        Predictor.__init__(self, path, threads)
+        from optkit import keras_io
+
+        tf = keras_io.tf()
+        self.backend_version = tf.__version__
+        try:
+            self._loaded = tf.saved_model.load(os.fspath(path))
+        except Exception as exc:
+            raise UserError(f"{path}: cannot load SavedModel: {_common.first_line(exc)}") from None
+        if "serving_default" not in self._loaded.signatures:
+            raise UserError(f"{path}: SavedModel has no 'serving_default' signature")
+        self._fn = self._loaded.signatures["serving_default"]
+        _, kwargs = self._fn.structured_input_signature
+        self._names = list(kwargs)
+        self._dtypes = [kwargs[n].dtype for n in self._names]
+        self.inputs = [TensorSpec(n, _shape(kwargs[n].shape), kwargs[n].dtype.name) for n in self._names]
+        outs = self._fn.structured_outputs
+        self._out_names = sorted(outs, key=_natural)
+        self.outputs = [TensorSpec(n, _shape(outs[n].shape), outs[n].dtype.name) for n in self._out_names]
+        self._tf = tf
+
+    def __call__(self, *arrays):
+        self._check_arity(arrays)
+        feed = {n: self._tf.convert_to_tensor(a, dtype=d) for n, d, a in zip(self._names, self._dtypes, arrays)}
+        out = self._fn(**feed)
+        return [out[n].numpy() for n in self._out_names]
+
+
+def _shape(shape):
+    return [None if d is None else int(d) for d in shape.as_list()] if shape.rank is not None else []
+
+
+def load(path, *, threads=None, **options):
+    from optkit import runner
+
+    if threads:
+        _set_tf_threads(threads)
+    return SavedModelPredictor(path, threads or runner.default_threads())
+
+
+def _set_tf_threads(threads):
+    from optkit import keras_io
+
+    tf = keras_io.tf()
+    try:
+        # Only possible before TF initialises its runtime; afterwards the process keeps its pool.
+        tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+    except RuntimeError:
+        pass

@@ -1,0 +1,155 @@
+"""TFLite (LiteRT): float32, dynamic range, float16 and full int8 through TFLiteConverter.
+
+Converts Keras models of both flavours with `TFLiteConverter.from_keras_model` (the path that
+also handles tfmot's quantization-aware tf_keras models: their fake-quant ranges become the int8
+scales). Runs with optkit.runner's LiteRT predictor (ai_edge_litert, else tflite_runtime, else
+tf.lite), so there is one implementation of "how to run a .tflite"; this module adds what only
+export cares about: tensor types, the op list and whether XNNPACK took the graph.
+"""
+from __future__ import annotations
+
+import os
+
+from exporters import _common
+from optkit.errors import UserError
+
+NAME = "tflite"
+SUFFIX = ".tflite"
+PRECISIONS = ("none", "dynamic", "float16", "int8")
+
+_OPTIONS = ("int8_io", "allow_float", "calibration_samples")
+
+
+def available():
+    try:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorflow") is None:
+            return False, "tensorflow is not installed (pip install 'optkit[tf]')"
+    except ValueError:
+        pass
+    return True, ""
+
+
+def export(model, out_path, *, quantize="none", data=None, **options):
+    """Write `out_path` (.tflite). Options:
+
+    int8_io (bool, default True): for quantize=int8, int8 input/output tensors (scale and zero
+        point recorded) instead of float32 I/O around an int8 body.
+    allow_float (bool, default False): for int8, let ops with no int8 kernel stay float instead
+        of failing the conversion.
+    calibration_samples (int, default 100): representative samples for int8.
+    """
+    unknown = set(options) - set(_OPTIONS)
+    if unknown:
+        raise UserError(f"tflite: unknown option(s) {', '.join(sorted(unknown))} (known: {', '.join(_OPTIONS)})")
+    if quantize not in PRECISIONS:
+        raise UserError(f"tflite cannot quantize '{quantize}' (supported: {', '.join(PRECISIONS)})")
+    from optkit import keras_io
+
+    tf = keras_io.tf()
+    converter = _converter(model, tf)
+    details = {"converter": "TFLiteConverter", "quantize": quantize}
+    if quantize in ("dynamic", "float16", "int8"):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantize == "int8":
+        samples, source = _common.sample_inputs(
+            model, data, n=int(options.get("calibration_samples", _common.CALIBRATION_SAMPLES)))
+        details["calibration_source"] = source
+
+        def representative():
+            for i in range(len(samples[0])):
+                yield [a[i:i + 1] for a in samples]
+
+        converter.representative_dataset = representative
+        if not options.get("allow_float", False):
+            # Full integer: conversion fails loudly if an op has no int8 kernel, rather than
+            # shipping a model that silently falls back to float on the device.
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if options.get("int8_io", True):
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+    with _common.quiet_stdout():  # Keras 3's export prints "Saved artifact at ..." on stdout
+        flatbuffer = converter.convert()
+    with _common.atomic_output(out_path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(flatbuffer)
+    details.update(inspect(out_path))
+    return details
+
+
+def _converter(model, tf):
+    from optkit import keras_io
+
+    if keras_io.flavour_of(model) == keras_io.SAVED_MODEL:
+        return tf.lite.TFLiteConverter.from_saved_model(model.path)
+    return tf.lite.TFLiteConverter.from_keras_model(model)
+
+
+def load(path, *, threads=None, runtime=None, **options):
+    """A runner Predictor for `path`; `runtime` may force ai_edge_litert/tflite_runtime/tensorflow."""
+    from optkit import runner
+
+    try:
+        return runner.load_predictor(os.fspath(path), runtime=runtime, threads=threads)
+    except runner.RunnerError as exc:
+        raise UserError(str(exc)) from None
+
+
+def inspect(path):
+    """Tensor types, the op list and XNNPACK delegation of a .tflite file (LiteRT, no TF needed).
+
+    The op list is read from an interpreter without the default delegate (the model's own ops);
+    XNNPACK is reported from a default interpreter, whose execution plan gains DELEGATE nodes
+    for each partition XNNPACK took.
+    """
+    from optkit import runner
+
+    Interpreter, backend, _ = runner._import_interpreter()
+    info = {"interpreter": backend}
+    plain_kwargs = {}
+    resolver = _resolver_without_delegates(backend)
+    if resolver is not None:
+        plain_kwargs["experimental_op_resolver_type"] = resolver
+    plain = Interpreter(model_path=os.fspath(path), **plain_kwargs)
+    plain.allocate_tensors()
+    ops = [op["op_name"] for op in plain._get_ops_details()]
+    info["ops"] = sorted(set(ops))
+    info["op_count"] = len(ops)
+    info["inputs"] = [_tensor(d) for d in plain.get_input_details()]
+    info["outputs"] = [_tensor(d) for d in plain.get_output_details()]
+    tensors = plain.get_tensor_details()
+    info["int8_tensors"] = sum(1 for t in tensors if str(t["dtype"].__name__) == "int8")
+    info["tensor_count"] = len(tensors)
+    try:
+        default = Interpreter(model_path=os.fspath(path), num_threads=1)
+        default.allocate_tensors()
+        delegated = [op for op in default._get_ops_details() if op["op_name"] == "DELEGATE"]
+        info["xnnpack"] = {"applied": bool(delegated), "partitions": len(delegated)}
+    except Exception as exc:  # reporting only: a delegate problem must not hide the artifact
+        info["xnnpack"] = {"applied": False, "error": _common.first_line(exc)}
+    return info
+
+
+def _resolver_without_delegates(backend):
+    try:
+        if backend == "ai_edge_litert":
+            from ai_edge_litert.interpreter import OpResolverType
+        elif backend == "tflite_runtime":
+            from tflite_runtime.interpreter import OpResolverType
+        else:
+            from optkit import keras_io
+
+            OpResolverType = keras_io.tf().lite.experimental.OpResolverType
+        return OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    except (ImportError, AttributeError):
+        return None
+
+
+def _tensor(d):
+    scale, zero_point = d.get("quantization", (0.0, 0))
+    return {"name": d["name"], "dtype": d["dtype"].__name__,
+            "shape": [int(s) for s in (d.get("shape_signature") if d.get("shape_signature") is not None else d["shape"])],
+            "quantization": [float(scale), int(zero_point)] if scale else None}

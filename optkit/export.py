@@ -1,0 +1,199 @@
+"""Export one model to several formats and validate every artifact against the model.
+
+The library entry behind `optkit export` and the export stage of `optimize`:
+
+    artifacts = export_model(model, ["tflite", "onnx"], "out/", quantize="int8", data=dataset)
+
+Each format gives one `optkit.records.Artifact`:
+  ok       written, loaded back, and its outputs match the model's within the precision's
+           tolerance (optkit.parity) - or, where it cannot run here (Core ML off macOS),
+           checked structurally with parity `ok=None` and the reason;
+  skipped  the format cannot run on this machine (TensorRT without an NVIDIA GPU), or does not
+           offer the requested precision; `reason` says which;
+  failed   the converter raised, the artifact did not load, or validation failed.
+A failure in one format never stops the others.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import shutil
+import tarfile
+from typing import Any, Dict, Iterable, List, Optional
+
+from optkit import parity as parity_mod
+from optkit.errors import UserError
+from optkit.records import FAILED, OK, SKIPPED, Artifact, Parity
+
+# Validation inputs: enough samples that a top-1 agreement of 0.8 means something (one flip is
+# ~3%), few enough that a MobileNet validates in about a second on 2 cores.
+VALIDATION_SAMPLES = 32
+QUANTIZE_CHOICES = ("none", "dynamic", "float16", "int8")
+
+
+def parse_formats(spec: Iterable[str] | str) -> List[str]:
+    """'tflite,onnx' or ['tflite', 'onnx,keras'] -> ['tflite', 'onnx', 'keras'] (known names only)."""
+    import exporters
+
+    parts = [spec] if isinstance(spec, str) else list(spec)
+    names = []
+    for part in parts:
+        for name in filter(None, (p.strip().lower() for p in part.split(","))):
+            exporters.get(name)  # UserError with a did-you-mean for a typo
+            if name not in names:
+                names.append(name)
+    if not names:
+        raise UserError("no export format given (--to tflite,onnx,...)")
+    return names
+
+
+def artifact_path(out_dir: str, stem: str, module, quantize: str) -> str:
+    """out/model.tflite, out/model_int8.tflite, out/model_saved_model/ ..."""
+    tag = "" if quantize == "none" else f"_{quantize}"
+    return os.path.join(out_dir, f"{stem}{tag}{module.SUFFIX}")
+
+
+def export_model(model, formats: Iterable[str] | str, out_dir: str, *, quantize: str = "none",
+                 data=None, stem: Optional[str] = None, threads: Optional[int] = None,
+                 options: Optional[Dict[str, Dict[str, Any]]] = None,
+                 validation_samples: int = VALIDATION_SAMPLES, progress=None) -> List[Artifact]:
+    """Export `model` (Keras 3, tf_keras, or a keras_io SavedModelCallable) to each format.
+
+    `data`: an optkit.data.Dataset (int8 calibration uses its training split, validation its
+    validation/test split) or None (random [0, 1] inputs, recorded in the artifact details).
+    `options`: per-format converter options, e.g. {"onnx": {"opset": 13}}; unknown keys are
+    rejected by the exporter. `progress`: optional callable(str) for one-line progress messages.
+    """
+    import exporters
+    from exporters import _common
+
+    if quantize not in QUANTIZE_CHOICES:
+        raise UserError(f"unknown --quantize '{quantize}' (choose from {', '.join(QUANTIZE_CHOICES)})")
+    names = parse_formats(formats)
+    options = options or {}
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    stem = stem or _stem(model)
+
+    # Same inputs for every format: artifacts are compared with the model and with each other.
+    inputs, source = _common.sample_inputs(model, data, n=validation_samples, seed=1, split="x_val")
+    reference_cache = {}
+
+    def reference(arrays):
+        key = tuple(len(a) for a in arrays)
+        if key not in reference_cache:
+            reference_cache[key] = _reference_outputs(model, arrays)
+        return reference_cache[key]
+
+    artifacts = []
+    for name in names:
+        module = exporters.get(name)
+        path = artifact_path(out_dir, stem, module, quantize)
+        if progress:
+            progress(f"export {name} ({quantize}) -> {path}")
+        art = export_one(module, model, path, quantize=quantize, data=data, threads=threads,
+                         options=options.get(name, {}), inputs=inputs, reference=reference)
+        art.details.setdefault("validation_source", source)
+        artifacts.append(art)
+        if progress:
+            progress(f"  {name}: {art.status}{': ' + art.reason if art.reason else ''}")
+    return artifacts
+
+
+def export_one(module, model, path, *, quantize="none", data=None, threads=None, options=None,
+               inputs=None, reference=None) -> Artifact:
+    """Export with one exporter module, load the artifact back and validate it."""
+    from exporters import _common
+
+    art = Artifact(format=module.NAME, path=None, quantize=quantize)
+    if quantize not in module.PRECISIONS:
+        art.status, art.reason = SKIPPED, (f"{module.NAME} has no '{quantize}' precision "
+                                           f"(supported: {', '.join(module.PRECISIONS)})")
+        return art
+    ok, why = module.available()
+    if not ok:
+        art.status, art.reason = SKIPPED, why
+        return art
+    try:
+        with _common.quiet_stdout():  # converters print progress; stdout is for --json
+            art.details = dict(module.export(model, path, quantize=quantize, data=data, **(options or {})) or {})
+    except UserError:
+        raise  # a bad option is the user's to fix, not an artifact failure
+    except Exception as exc:
+        art.status, art.reason = FAILED, f"export failed: {type(exc).__name__}: {_common.first_line(exc)}"
+        return art
+    art.path = path
+    art.size_bytes, art.gzip_bytes = sizes(path)
+    if inputs is None:
+        inputs, _ = _common.sample_inputs(model, data, n=VALIDATION_SAMPLES, seed=1, split="x_val")
+    if reference is None:
+        def reference(arrays):
+            return _reference_outputs(model, arrays)
+    art.parity = validate_artifact(module, path, reference, inputs, quantize, threads=threads)
+    if art.parity.ok is False:
+        art.status, art.reason = FAILED, f"validation failed: {art.parity.reason}"
+    return art
+
+
+def validate_artifact(module, path, reference, inputs, quantize, *, threads=None) -> Parity:
+    """Load `path` with its exporter and compare it with `reference` (optkit.parity)."""
+    from exporters import _common
+    from optkit.errors import Unavailable
+
+    try:
+        predictor = module.load(path, threads=threads)
+    except Unavailable as exc:  # converted fine, cannot run here (Core ML off macOS)
+        return parity_mod.unverified(str(exc))
+    except Exception as exc:
+        return Parity(ok=False, reason=f"artifact did not load: {_common.first_line(exc)}")
+    expected = None
+    if getattr(module, "NAMES_OUTPUTS", False):
+        expected = _common.output_names(len(predictor.outputs))
+    return parity_mod.validate(reference, predictor, inputs, quantize, expected_names=expected)
+
+
+def _reference_outputs(model, arrays):
+    from optkit import keras_io
+
+    out = keras_io.predict(model, list(arrays) if len(arrays) > 1 else arrays[0], batch_size=32)
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def _stem(model):
+    name = getattr(model, "name", None) or "model"
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "model"
+
+
+def sizes(path):
+    """(bytes on disk, bytes after gzip -9) of a file, or of a directory as a tar stream.
+
+    The gzip size is what a download or an app bundle actually costs, and the only size that
+    shows what pruning and clustering bought (their raw files are as large as the original).
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raw = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=9) as tar:
+            tar.add(path, arcname=os.path.basename(path))
+        return raw, buf.tell()
+    raw = os.path.getsize(path)
+    counter = _CountingWriter()
+    with open(path, "rb") as src, gzip.GzipFile(fileobj=counter, mode="wb", compresslevel=9, mtime=0) as gz:
+        shutil.copyfileobj(src, gz, 1 << 20)
+    return raw, counter.n
+
+
+class _CountingWriter(io.RawIOBase):
+    """A sink that counts bytes: gzip sizes without holding a large artifact in memory."""
+
+    def __init__(self):
+        self.n = 0
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        self.n += len(b)
+        return len(b)

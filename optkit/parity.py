@@ -1,0 +1,232 @@
+"""Export fidelity: does an artifact compute what its source model computes?
+
+One validator for every format (Optimum's order): output count, then names, then shapes, then
+values (max absolute and relative difference, top-1 agreement) against a tolerance that depends
+on the artifact's precision. Each failure is its own exception type, so callers and tests can
+tell "wrong number of outputs" from "numbers drifted". A failed check is a failure, never a
+warning: the artifact is marked `failed` and `optkit export` exits 1.
+
+This is export fidelity only (a tight check that should always pass). What a compression step
+did to accuracy is a different question, answered with evaluation data elsewhere.
+
+TF-free: numpy only, so bench and the on-device side can use it too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+
+from optkit.errors import RunFailure, UserError
+from optkit.records import Parity
+
+# ------------------------------------------------------------------------------------------
+# Tolerances. Differences are measured on outputs divided by max(1, max |reference|), so the
+# numbers mean "absolute" for softmax probabilities and "relative to the output range" for
+# logits. Measured values below come from shared/STACK.md (2 probe CNNs, random inputs).
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    max_abs: float      # largest allowed |artifact - reference| (after the scaling above)
+    min_top1: float     # smallest allowed share of samples whose arg-max class agrees
+
+
+TOLERANCES = {
+    # float32: same arithmetic, different kernels (XNNPACK/MLAS fuse and reorder sums).
+    # Measured 6e-6 (LiteRT) and 4e-6 (onnxruntime); 1e-4 leaves 15x headroom for deeper
+    # models while still catching a wrong op (errors of 1e-2 and up). Arg-max may only
+    # differ on exact float ties.
+    "none": Tolerance(max_abs=1e-4, min_top1=0.97),
+    # float16 weights (and on some runtimes fp16 activations): 10-bit mantissa, rounding error
+    # ~5e-4 per weight that grows with depth. Measured ~1e-2; 5e-2 is the budget.
+    "float16": Tolerance(max_abs=5e-2, min_top1=0.9),
+    # dynamic range: int8 weights, activations quantized per batch at run time. Measured ~0.08
+    # on random inputs; 0.2 is the budget, and arg-max must still mostly agree.
+    "dynamic": Tolerance(max_abs=0.2, min_top1=0.8),
+    # full int8: weights and activations on a calibrated 256-level grid. Measured 0.13-0.22 with
+    # top-1 agreement 0.95-0.98 on random inputs (1.00 on validation data). The value bound alone
+    # is loose for probabilities, so top-1 agreement carries most of the check.
+    "int8": Tolerance(max_abs=0.35, min_top1=0.8),
+}
+
+
+def tolerance_for(precision: str) -> Tolerance:
+    if precision not in TOLERANCES:
+        raise UserError(f"no parity tolerance for precision '{precision}' "
+                        f"(known: {', '.join(TOLERANCES)})")
+    return TOLERANCES[precision]
+
+
+# ------------------------------------------------------------------------------------------
+# Typed failures
+
+
+class ParityError(RunFailure):
+    """An artifact does not compute what its source computes. `kind` names the failed check."""
+
+    kind = "parity"
+
+    def __init__(self, message: str, parity: Optional[Parity] = None):
+        super().__init__(message)
+        self.parity = parity
+
+
+class OutputCountMismatch(ParityError):
+    kind = "output_count"
+
+
+class OutputNameMismatch(ParityError):
+    kind = "output_names"
+
+
+class OutputShapeMismatch(ParityError):
+    kind = "output_shapes"
+
+
+class ValueMismatch(ParityError):
+    kind = "values"
+
+
+class RunError(ParityError):
+    """The artifact loaded but did not run on the validation inputs."""
+
+    kind = "run"
+
+
+# ------------------------------------------------------------------------------------------
+# Comparing one set of outputs
+
+
+def compare(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], precision: str = "none", *,
+            names: Optional[Sequence[str]] = None, expected_names: Optional[Sequence[str]] = None,
+            tolerance: Optional[Tolerance] = None) -> Parity:
+    """Check `candidate` outputs against `reference` outputs; return the Parity or raise a ParityError.
+
+    `names`/`expected_names`: the artifact's output names and the ones it should have (checked
+    only when both are given: not every format stores meaningful names).
+    """
+    tol = tolerance or tolerance_for(precision)
+    reference = [np.asarray(r) for r in _as_list(reference)]
+    candidate = [np.asarray(c) for c in _as_list(candidate)]
+    if len(reference) != len(candidate):
+        raise OutputCountMismatch(f"{len(candidate)} output(s), the source has {len(reference)}")
+    if names is not None and expected_names is not None and list(names) != list(expected_names):
+        raise OutputNameMismatch(f"output names {list(names)}, expected {list(expected_names)}")
+    for i, (r, c) in enumerate(zip(reference, candidate)):
+        if r.shape != c.shape:
+            raise OutputShapeMismatch(f"output {i} has shape {c.shape}, the source gives {r.shape}")
+
+    max_abs, max_rel, agree, n_top1 = 0.0, 0.0, 0, 0
+    for r, c in zip(reference, candidate):
+        r = r.astype(np.float64)
+        c = c.astype(np.float64)
+        if not np.all(np.isfinite(c)) and np.all(np.isfinite(r)):
+            parity = Parity(ok=False, max_abs=float("nan"), tolerance=tol.max_abs,
+                            reason="artifact produced NaN/inf where the source did not")
+            raise ValueMismatch(parity.reason, parity)
+        scale = max(1.0, float(np.max(np.abs(r))) if r.size else 1.0)
+        diff = np.abs(c - r)
+        if diff.size:
+            max_abs = max(max_abs, float(np.max(diff)) / scale)
+            # Relative to the largest reference magnitude, not element-wise: element-wise ratios
+            # explode on outputs near zero and would say nothing about the model.
+            max_rel = max(max_rel, float(np.max(diff)) / max(float(np.max(np.abs(r))), 1e-12))
+        if _is_classification(r):
+            agree += int(np.sum(np.argmax(r, axis=-1) == np.argmax(c, axis=-1)))
+            n_top1 += int(np.prod(r.shape[:-1]))
+    top1 = agree / n_top1 if n_top1 else None
+    parity = Parity(ok=True, max_abs=max_abs, max_rel=max_rel, top1_agreement=top1, tolerance=tol.max_abs)
+    problems = []
+    if max_abs > tol.max_abs:
+        problems.append(f"max |diff| {max_abs:.3g} > {tol.max_abs:g}")
+    if top1 is not None and top1 < tol.min_top1:
+        problems.append(f"top-1 agreement {top1:.3f} < {tol.min_top1:g}")
+    if problems:
+        parity.ok = False
+        parity.reason = f"{precision}: " + "; ".join(problems)
+        raise ValueMismatch(parity.reason, parity)
+    return parity
+
+
+def _as_list(outputs):
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
+def _is_classification(r: np.ndarray) -> bool:
+    # (batch, classes) with more than one class: arg-max is the prediction users see.
+    return r.ndim == 2 and r.shape[-1] > 1
+
+
+# ------------------------------------------------------------------------------------------
+# Validating an artifact's predictor against its source
+
+
+def batch_sizes_for(predictor, n: int) -> List[int]:
+    """Batch sizes to validate at: all `n` samples at once and one at a time when the batch dim
+    is dynamic (proves it stayed dynamic); the fixed batch size otherwise."""
+    dims = [spec.shape[0] if spec.shape else None for spec in predictor.inputs]
+    fixed = [d for d in dims if d is not None]
+    if fixed and not getattr(predictor, "resizable_batch", False):
+        return [int(fixed[0])]
+    return [n, 1] if n > 1 else [1]
+
+
+def validate(reference_fn: Callable[[List[np.ndarray]], Sequence[np.ndarray]], predictor,
+             inputs: Sequence[np.ndarray], precision: str = "none", *,
+             expected_names: Optional[Sequence[str]] = None,
+             batch_sizes: Optional[Sequence[int]] = None) -> Parity:
+    """Run `predictor` on `inputs` at each batch size and compare with `reference_fn(inputs)`.
+
+    Returns a Parity (`ok` False with the reason on any failed check; never raises for a
+    mismatch). The worst numbers over all batch sizes are reported.
+    """
+    inputs = [np.asarray(a, dtype=np.float32) for a in inputs]
+    n = len(inputs[0])
+    sizes = list(batch_sizes or batch_sizes_for(predictor, n))
+    reference = [np.asarray(r) for r in _as_list(reference_fn(inputs))]
+    names = [spec.name for spec in predictor.outputs] if expected_names is not None else None
+    worst = None
+    for size in sizes:
+        usable = (n // size) * size
+        if usable == 0:
+            return Parity(ok=False, reason=f"need at least {size} samples to validate at batch {size}",
+                          batch_sizes=sizes)
+        try:
+            chunks = [_as_list(predictor(*[a[i:i + size] for a in inputs])) for i in range(0, usable, size)]
+        except Exception as exc:  # the artifact loaded but cannot run: that is its failure
+            return Parity(ok=False, reason=f"artifact failed to run at batch {size}: {_one_line(exc)}",
+                          batch_sizes=sizes)
+        got = [np.concatenate([c[j] for c in chunks]) for j in range(len(chunks[0]))]
+        try:
+            parity = compare([r[:usable] for r in reference], got, precision,
+                             names=names, expected_names=expected_names)
+        except ParityError as exc:
+            failed = exc.parity or Parity(ok=False)
+            failed.ok = False
+            failed.reason = f"batch {size}: {exc} [{exc.kind}]"
+            failed.batch_sizes = sizes
+            return failed
+        if worst is None or parity.max_abs > worst.max_abs:
+            top1 = parity.top1_agreement if worst is None else _min_or_none(parity.top1_agreement, worst.top1_agreement)
+            worst, worst.top1_agreement = parity, top1
+        elif parity.top1_agreement is not None:
+            worst.top1_agreement = _min_or_none(parity.top1_agreement, worst.top1_agreement)
+    worst.batch_sizes = sizes
+    return worst
+
+
+def _min_or_none(a, b):
+    values = [v for v in (a, b) if v is not None]
+    return min(values) if values else None
+
+
+def _one_line(exc):
+    text = " ".join(str(exc).split())
+    return (text or type(exc).__name__)[:300]
+
+
+def unverified(reason: str) -> Parity:
+    """Parity for an artifact that cannot be run on this machine (e.g. Core ML off macOS)."""
+    return Parity(ok=None, reason=f"unverified: {reason}")
