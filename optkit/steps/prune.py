@@ -1,0 +1,164 @@
+"""`prune`: magnitude pruning with tensorflow-model-optimization, fine-tuned, wrappers stripped.
+
+The result is a plain tf_keras model whose kernels hold exact zeros; keras_io turns it back into
+Keras 3 when it is saved as `.keras`. Pruning alone leaves the file size unchanged and shrinks
+the *compressed* size (gzip, or the sparse encoding of the TFLite converter), so the step reports
+both, measured.
+"""
+from __future__ import annotations
+
+from optkit import compression
+from optkit import keras_io
+from optkit.errors import UserError
+from optkit.steps import Step, StepResult
+
+SCHEDULES = ("polynomial", "constant")
+POLICIES = ("none", "xnnpack")
+
+# The pruning mask is recomputed every `frequency` steps. tfmot's default (100) exceeds the
+# length of a short fine-tune, which then ends at 0% sparsity (STACK.md), so it is derived from
+# the number of fine-tune steps: about 8 updates over the ramp.
+UPDATES_PER_RAMP = 8
+# The polynomial ramp reaches the target at 3/4 of the fine-tune; the last quarter lets the
+# remaining weights recover at full sparsity.
+RAMP_SHARE = 0.75
+
+
+def parse_m_by_n(value):
+    """'2:4' -> (2, 4) (m zeros in every n consecutive weights)."""
+    if not value:
+        return None
+    try:
+        m, n = (int(v) for v in str(value).split(":"))
+    except ValueError:
+        raise UserError(f"prune: m_by_n expects 'M:N' such as 2:4, got '{value}'") from None
+    if not 0 < m < n:
+        raise UserError(f"prune: m_by_n needs 0 < M < N, got '{value}'")
+    return (m, n)
+
+
+def make_schedule(mot, *, schedule: str, sparsity: float, total_steps: int):
+    """A tfmot pruning schedule that reaches `sparsity` within `total_steps` fine-tune steps.
+
+    Returns (schedule object, description for the report)."""
+    if schedule not in SCHEDULES:
+        raise UserError(f"prune: schedule must be one of {', '.join(SCHEDULES)}, got '{schedule}'")
+    if schedule == "constant":
+        # Constant: the target is applied at step 0 and re-applied as weights move.
+        frequency = max(1, min(100, total_steps // UPDATES_PER_RAMP))
+        desc = {"schedule": "constant", "target_sparsity": sparsity, "begin_step": 0, "frequency": frequency}
+        return mot.sparsity.keras.ConstantSparsity(sparsity, begin_step=0, frequency=frequency), desc
+    ramp = max(1, int(total_steps * RAMP_SHARE))
+    frequency = max(1, min(100, ramp // UPDATES_PER_RAMP))
+    # The final sparsity is applied only on an update step, so end the ramp on one.
+    end_step = max(frequency, (ramp // frequency) * frequency)
+    desc = {"schedule": "polynomial", "initial_sparsity": 0.0, "target_sparsity": sparsity,
+            "begin_step": 0, "end_step": end_step, "frequency": frequency, "power": 3}
+    return mot.sparsity.keras.PolynomialDecay(0.0, sparsity, begin_step=0, end_step=end_step,
+                                              frequency=frequency), desc
+
+
+def apply(model, ctx, *, sparsity=0.5, schedule="polynomial", m_by_n="", layers="", skip_first=False,
+          skip_last=False, skip_unsupported=False, policy="none", lr=1e-3):
+    if not 0.0 <= sparsity < 1.0:
+        raise UserError(f"prune: sparsity must be in [0, 1), got {sparsity}")
+    if policy not in POLICIES:
+        raise UserError(f"prune: policy must be one of {', '.join(POLICIES)}, got '{policy}'")
+    compression.require_training_data(ctx, "prune")
+    pair = parse_m_by_n(m_by_n)
+    if pair:
+        sparsity = pair[0] / pair[1]   # tfmot: M zeros in every N consecutive weights
+    mot = keras_io.tfmot()
+    accuracy_before = compression.accuracy(model, ctx.data)
+    size_before = compression.weights_file_sizes(model)
+
+    base = keras_io.to_tf_keras(model)   # a fresh tf_keras copy: tfmot mutates what it is given
+    total = compression.training_steps(ctx.data, ctx.epochs, ctx.batch_size)
+    sched, sched_desc = make_schedule(mot, schedule=schedule, sparsity=sparsity, total_steps=total)
+    params = {"pruning_schedule": sched}
+    if pair:
+        params["sparsity_m_by_n"] = pair
+
+    if policy == "xnnpack":
+        if layers or skip_first or skip_last:
+            raise UserError("prune: policy=xnnpack chooses the layers itself (1x1 convolutions); "
+                            "drop layers/skip_first/skip_last")
+        # tfmot checks that the model has the structure XNNPACK's sparse kernels need and
+        # wraps only the 1x1 Conv2D layers.
+        try:
+            wrapped_model = mot.sparsity.keras.prune_low_magnitude(
+                base, pruning_policy=mot.sparsity.keras.PruneForLatencyOnXNNPack(), **params)
+        except ValueError as exc:
+            raise UserError(f"prune: policy=xnnpack does not apply to this model: {compression._first_line(exc)}") from None
+        wrapped = [l.name for l in wrapped_model.layers if isinstance(l, mot.sparsity.keras.PruneLowMagnitude)]
+        skipped = []
+    else:
+        selected = compression.select_layers(base, layers=layers, skip_first=skip_first, skip_last=skip_last)
+        wrapped_model, wrapped, skipped = compression.wrap_selected(
+            base, selected, lambda layer: mot.sparsity.keras.prune_low_magnitude(layer, **params),
+            technique="prune", skip_unsupported=skip_unsupported)
+
+    tuned = compression.fine_tune(wrapped_model, ctx, callbacks=[mot.sparsity.keras.UpdatePruningStep()],
+                                  learning_rate=lr)
+    stripped = mot.sparsity.keras.strip_pruning(wrapped_model)
+
+    per_layer = compression.sparsity_per_layer(stripped)
+    reached = {name: per_layer[name] for name in wrapped}
+    # 1 point of slack: tfmot rounds the number of pruned weights per tensor.
+    short = {name: s for name, s in reached.items() if s < sparsity - 0.01}
+    info = {
+        "technique": "magnitude pruning (tfmot prune_low_magnitude)",
+        "target_sparsity": sparsity,
+        "m_by_n": f"{pair[0]}:{pair[1]}" if pair else None,
+        **sched_desc,
+        "policy": policy,
+        "pruned_layers": wrapped,
+        "skipped_layers": skipped,
+        "target_reached": not short,
+        "below_target": short,
+        **compression.describe(stripped, selected=wrapped),
+        "size_before": size_before,
+        "size_after": compression.weights_file_sizes(stripped),
+        "accuracy_before": accuracy_before,
+        "accuracy_after": compression.accuracy(stripped, ctx.data),
+        "fine_tune": {**tuned, "steps": total},
+        "tflite": _tflite_hint(compression.overall_sparsity(stripped, wrapped)),
+        "model": "stripped tf_keras model (plain layers); saves as Keras 3 .keras",
+    }
+    return StepResult(stripped, info)
+
+
+def _tflite_hint(sparsity):
+    """What the TFLite export can do with the zeros.
+
+    The converter's EXPERIMENTAL_SPARSITY optimization stores sparse weights in a compressed
+    encoding, and XNNPACK runs sparse float kernels for 1x1 convolutions in models that start
+    with a 3x3 stride-2 convolution (the shape PruneForLatencyOnXNNPack checks). XNNPACK's
+    sparse kernels target ARM/WebAssembly; on x86 with AVX it keeps dense kernels, so expect the
+    size gain everywhere and the latency gain on phones."""
+    return {
+        "converter_optimizations": ["EXPERIMENTAL_SPARSITY"] if sparsity >= 0.5 else [],
+        "sparsity": sparsity,
+        "note": "prune leaves the raw size unchanged; gzip or the converter's sparse encoding "
+                "(optimizations=[tf.lite.Optimize.EXPERIMENTAL_SPARSITY]) realise the gain; XNNPACK "
+                "sparse inference applies to 1x1 convolutions (policy=xnnpack) on ARM/WebAssembly",
+    }
+
+
+STEP = Step(
+    name="prune",
+    help="Magnitude pruning (tfmot): target sparsity or M:N structure, fine-tuned, wrappers stripped.",
+    apply=apply,
+    options={
+        "sparsity": (float, 0.5, "target share of zero weights per pruned kernel"),
+        "schedule": (str, "polynomial", "polynomial (ramp from 0) | constant"),
+        "m_by_n": (str, "", "structured sparsity 'M:N', e.g. 2:4 (overrides sparsity)"),
+        "layers": (str, "", "layer names or types to prune, '+'-separated (default: all weight layers)"),
+        "skip_first": (bool, False, "leave the first weight layer dense"),
+        "skip_last": (bool, False, "leave the last weight layer dense"),
+        "skip_unsupported": (bool, False, "leave layers tfmot cannot prune unwrapped instead of failing"),
+        "policy": (str, "none", "none | xnnpack (prune only 1x1 convs XNNPACK can run sparse)"),
+        "lr": (float, 1e-3, "fine-tune learning rate (Adam)"),
+    },
+    kind="compression",
+)
