@@ -281,6 +281,9 @@ def load_bench_json(path) -> SampleSet:
     else:
         raise UserError(f"{path}: expected bench JSON with a 'results' list (optkit bench --json)")
     with_samples = [r for r in results if isinstance(r, dict) and r.get("samples_ms")]
+    if not with_samples and len(results) == 1:
+        raise UserError(f"{path}: the result has no raw samples_ms (aggregates alone, e.g. from "
+                        "benchmark_model over adb, cannot be tested statistically)")
     if len(with_samples) != 1:
         raise UserError(f"{path}: the gate compares one result with raw samples_ms; found "
                         f"{len(with_samples)} (of {len(results)} results) - bench one artifact per file")

@@ -201,3 +201,34 @@ def test_cli_missing_file_is_one_line_exit_2(tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("optkit: error: cannot read") and err.count("\n") == 1
+
+
+# --------------------------------------------------------------- artifacts measured now, interleaved
+def test_cli_measures_two_artifacts_interleaved_finds_a_real_slowdown_and_confirms_it(tmp_path):
+    from tiny_onnx import tiny_onnx
+
+    fast = tiny_onnx(tmp_path / "fast.onnx", hidden=16)
+    slow = tiny_onnx(tmp_path / "slow.onnx", hidden=4096)     # ~250x the multiply-adds
+    res = CliRunner().invoke(cli, ["gate", "-a", fast, "-b", slow, "--batch", "64", "--threads", "1",
+                                   "--min-time", "0.2", "--warmup", "3", "--max-growth", "100000%", "--confirm",
+                                   "--json"])
+    assert res.exit_code == 3, res.output
+    doc = json.loads(res.stdout)
+    assert doc["decision"] == "regression" and doc["median_ratio"] > 2 and doc["p_value"] < 1e-6
+    assert doc["n_baseline"] == doc["n_candidate"] >= 30
+    assert doc["confirmation"]["decision"] == "regression" and "confirmed by a rerun" in doc["decided_by"]
+    size = next(c for c in doc["checks"] if c["name"] == "size_bytes")
+    assert size["status"] == "pass" and size["candidate"] > size["baseline"]
+
+
+def test_cli_same_model_against_itself_passes(tmp_path):
+    from tiny_onnx import tiny_onnx
+
+    a = tiny_onnx(tmp_path / "a.onnx", hidden=256)
+    b = tiny_onnx(tmp_path / "b.onnx", hidden=256)            # same bytes, another file
+    res = CliRunner().invoke(cli, ["gate", "-a", a, "-b", b, "--batch", "16", "--threads", "1",
+                                   "--min-time", "0.2", "--warmup", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["decision"] == "pass" and 0.8 < doc["median_ratio"] < 1.25
+    assert {c["name"]: c["status"] for c in doc["checks"]}["size_bytes"] == "pass"

@@ -17,31 +17,13 @@ import pytest
 
 from optkit import remote
 from optkit.errors import RunFailure, UserError
+from tiny_onnx import tiny_onnx
 
 SSHD = "/usr/sbin/sshd"
 VENV_PYTHON = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv", "bin", "python")
 # Spaces, both quote kinds, a shell variable and a command substitution: if any of it reached a
 # shell unquoted, the runner would be handed a different path (or `id` would run) and fail.
 HOSTILE_NAME = 'it\'s a "model" $HOME `id`.onnx'
-
-
-def tiny_onnx(path, hidden=16, seed=0):
-    """x[N,8] -> relu(x @ W1) @ W2 -> [N,4], written with onnx.helper (no TensorFlow needed)."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    w1 = numpy_helper.from_array(rng.standard_normal((8, hidden)).astype(np.float32), "w1")
-    w2 = numpy_helper.from_array(rng.standard_normal((hidden, 4)).astype(np.float32), "w2")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
-         helper.make_node("MatMul", ["r", "w2"], ["y"])],
-        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], initializer=[w1, w2])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return str(path)
 
 
 def _free_port():
