@@ -130,40 +130,47 @@ def grid(report: dict) -> Tuple[List[str], List[List[str]]]:
 
 
 def _variant_grid(variants: List[dict]) -> Tuple[List[str], List[List[str]]]:
+    """Lesson 14's layout. A variant or artifact that did not run says why in its first cell
+    (`failed: reason`) and just its status in the cells below."""
     header = [""] + [v.get("name") or v.get("id") or f"#{i}" for i, v in enumerate(variants)]
 
-    def variant_row(title, fn):
+    def variant_row(title, fn, first=False):
         cells = []
         for v in variants:
-            if v.get("status", "ok") != "ok" and fn(v) is DASH:
-                cells.append(status_cell(v.get("status"), v.get("reason", "")))
-            else:
-                cells.append(fn(v))
+            status = v.get("status", "ok")
+            value = fn(v)
+            if status != "ok" and value == DASH:
+                value = status_cell(status, v.get("reason", "")) if first else status
+            cells.append(value)
         return [title] + cells
 
     rows = [
-        variant_row("Parameters", lambda v: fmt_int(v.get("params"))),
+        variant_row("Parameters", lambda v: fmt_int(v.get("params")), first=True),
         variant_row("Accuracy", lambda v: fmt_pct(v.get("accuracy"))),
         variant_row("Train time/epoch", lambda v: fmt_s(v.get("train_time_per_epoch_s"))),
         variant_row("Inference time/step", lambda v: fmt_ms(v.get("inference_ms_per_step"))),
     ]
-    # Artifact rows, in order of first appearance: size, gzip size, then latency per runtime.
-    labels: List[str] = []
-    runtimes: Dict[str, List[str]] = {}
+    # Artifact groups (format + quantization): formats in order of first appearance, each
+    # format's quantizations together, so "TFLite int8" sits next to "TFLite".
+    seen: List[Tuple[str, str]] = []
+    for v in variants:
+        for a in v.get("artifacts") or []:
+            key = (a.get("format") or "?", artifact_label(a))
+            if key not in seen:
+                seen.append(key)
+    fmt_order = list(dict.fromkeys(f for f, _ in seen))
+    labels = [label for f in fmt_order for ff, label in seen if ff == f]
+    runtimes: Dict[str, List[str]] = {label: [] for label in labels}
     with_accuracy = set()
     for v in variants:
         for a in v.get("artifacts") or []:
-            label = artifact_label(a)
-            if label not in runtimes:
-                labels.append(label)
-                runtimes[label] = []
             rt = _latency(a).get("runtime")
-            if rt and rt not in runtimes[label]:
-                runtimes[label].append(rt)
+            if rt and rt not in runtimes[artifact_label(a)]:
+                runtimes[artifact_label(a)].append(rt)
             if a.get("accuracy") is not None:
-                with_accuracy.add(label)
+                with_accuracy.add(artifact_label(a))
 
-    def artifact_row(title, label, fn, runtime=None):
+    def artifact_row(title, label, fn, runtime=None, first=False):
         cells = []
         for v in variants:
             found = [a for a in v.get("artifacts") or [] if artifact_label(a) == label
@@ -172,14 +179,16 @@ def _variant_grid(variants: List[dict]) -> Tuple[List[str], List[List[str]]]:
                 cells.append(DASH)
                 continue
             a = found[0]
-            if a.get("status", "ok") != "ok":
-                cells.append(status_cell(a.get("status"), a.get("reason", "")))
+            status = a.get("status", "ok")
+            if status != "ok":
+                cells.append(status_cell(status, a.get("reason", "")) if first else status)
             else:
                 cells.append(fn(a))
         return [title] + cells
 
     for label in labels:
-        rows.append(artifact_row(f"{label} size", label, lambda a: fmt_bytes(a.get("size_bytes"))))
+        rows.append(artifact_row(f"{label} size", label, lambda a: fmt_bytes(a.get("size_bytes")),
+                                 first=True))
         rows.append(artifact_row(f"{label} gzip size", label, lambda a: fmt_bytes(a.get("gzip_bytes"))))
         if label in with_accuracy:
             rows.append(artifact_row(f"{label} accuracy", label, lambda a: fmt_pct(a.get("accuracy"))))
