@@ -309,7 +309,7 @@ table{border-collapse:collapse;margin:1rem 0}
 th,td{border:1px solid #ccc;padding:.35rem .6rem;text-align:right;white-space:nowrap}
 th:first-child,td:first-child{text-align:left}
 thead th{background:#f0f3f7}
-td.status{color:#a33}
+td.status{color:#a33;white-space:normal;max-width:18rem;text-align:left}
 .env{color:#555;font-size:.9rem}
 figure{display:inline-block;margin:1rem 2rem 1rem 0}
 figcaption{color:#555;font-size:.9rem}
@@ -465,6 +465,11 @@ def _figures(report: dict):
         for rt in sorted({p["runtime"] for p in scored}):
             mine = [p for p in scored if p["runtime"] == rt]
             ax.scatter([p["latency"] for p in mine], [100 * p["accuracy"] for p in mine], label=rt, s=36)
+        # Best trade-offs: lower latency and higher accuracy (negated, so smaller is better on both).
+        xy = [(p["latency"], -100 * p["accuracy"]) for p in scored]
+        front = pareto_front(xy)
+        ax.plot([xy[i][0] for i in front], [-xy[i][1] for i in front], "--", color="crimson",
+                marker="o", markerfacecolor="none", markersize=12, label="Pareto front")
         for p in scored:
             ax.annotate(p["label"], (p["latency"], 100 * p["accuracy"]), fontsize=7,
                         xytext=(4, 4), textcoords="offset points")
