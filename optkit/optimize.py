@@ -99,7 +99,6 @@ class Pipeline:
 
     def load_baseline(self) -> Any:
         """Build or load the baseline model and the data shaped for it."""
-        from optkit import data as data_mod
         from optkit import keras_io
 
         plan = self.plan
@@ -112,6 +111,8 @@ class Pipeline:
                 model = keras_io.load(plan.model, unsafe=plan.unsafe).model
         input_shape, num_classes = _model_io(model)
         if plan.data:
+            from optkit import data as data_mod
+
             self.data = data_mod.load_data(plan.data, input_shape=input_shape, num_classes=num_classes,
                                            seed=plan.seed, limit=plan.data_limit)
         return model
@@ -169,11 +170,7 @@ class Pipeline:
             return record
         step_entry["info"] = _jsonable(result.info)
         step_entry["seconds"] = round(time.perf_counter() - t0, 2)
-        training = result.info.get("training") if isinstance(result.info, dict) else None
-        if isinstance(training, dict) and training.get("time_per_epoch_s") is not None:
-            record.train_time_per_epoch_s = training["time_per_epoch_s"]
-        elif isinstance(result.info, dict) and result.info.get("train_time_per_epoch_s") is not None:
-            record.train_time_per_epoch_s = result.info["train_time_per_epoch_s"]
+        record.train_time_per_epoch_s = _fine_tune_time(result.info)
         self._finish_variant(spec, record, result.model)
         return record
 
@@ -350,6 +347,17 @@ def _model_io(model):
     return shape, (int(out[-1]) if out[-1] is not None else None)
 
 
+def _fine_tune_time(info) -> Optional[float]:
+    """Seconds per epoch of the step's own fine-tune (steps report optkit.train's TrainResult)."""
+    if not isinstance(info, dict):
+        return None
+    for key in ("training", "fine_tune", "finetune"):
+        block = info.get(key)
+        if isinstance(block, dict) and block.get("time_per_epoch_s") is not None:
+            return float(block["time_per_epoch_s"])
+    return info.get("train_time_per_epoch_s")
+
+
 def _jsonable(value):
     try:
         json.dumps(value)
@@ -451,6 +459,9 @@ def run(plan: plan_mod.Plan, out_dir: str, *, progress: bool = True) -> dict:
             _log(f"training the baseline {plan.model} for {plan.epochs} epoch(s) on {plan.data}")
             train_result = train.fit(model, pipe.data, epochs=plan.epochs, batch_size=plan.batch_size,
                                      progress=progress, strategy=pipe.strategy, seed=plan.seed)
+            if pipe.strategy is not None:
+                train_result.settings.update(strategy=type(pipe.strategy).__name__,
+                                             replicas=int(pipe.strategy.num_replicas_in_sync))
         pipe.add_baseline(model, train_result)
         if plan.mode == "search" and not plan.search.explored:
             from optkit import search

@@ -1,0 +1,122 @@
+"""`optkit optimize` end to end, in-process through the CLI, on tiny models and tiny data.
+
+The user's case: a Keras 3 `.keras` file and a folder of class sub-folders of PNGs, both created
+here. Every number in the report comes from running the real converters and runtimes.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from optkit.cli import cli
+
+CLASSES = ("red", "green", "blue")
+SIZE = 16
+
+
+def make_user_files(root):
+    """A small Keras 3 classifier saved as .keras, and a folder of class sub-folders of PNGs."""
+    from PIL import Image
+
+    from optkit import keras_io
+
+    folder = root / "images"
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(CLASSES):
+        (folder / name).mkdir(parents=True)
+        for i in range(16):
+            img = rng.integers(0, 90, size=(SIZE, SIZE, 3), dtype=np.uint8)
+            img[..., k] += 150          # the class is the dominant colour: learnable in one epoch
+            Image.fromarray(img).save(folder / name / f"{i:02d}.png")
+
+    keras = keras_io.keras3()
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu")(inputs)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Conv2D(8, 3, activation="relu")(x)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(len(CLASSES), activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    model.save(str(root / "model.keras"))
+    return root / "model.keras", folder
+
+
+@pytest.fixture(scope="module")
+def user_files(tmp_path_factory):
+    return make_user_files(tmp_path_factory.mktemp("user"))
+
+
+def _invoke(args):
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    return result
+
+
+def _artifact(report, variant_name, label):
+    variant = next(v for v in report["variants"] if v["name"] == variant_name)
+    for a in variant["artifacts"]:
+        if a["format"] + ("" if a["quantize"] == "none" else ":" + a["quantize"]) == label:
+            return a
+    raise AssertionError(f"no artifact {label} in {variant_name}: {variant['artifacts']}")
+
+
+def test_user_model_and_image_folder_produce_a_complete_report(user_files, tmp_path):
+    model, folder = user_files
+    out = tmp_path / "run"
+    result = _invoke(["optimize", str(model), "--data", str(folder), "--to", "tflite,onnx,tensorrt",
+                      "-o", str(out), "--json", "--tiny"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    for name in ("report.json", "report.md", "report.html", "plan.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "report.json").read_text())["variants"] == report["variants"]
+
+    [baseline] = report["variants"]
+    assert baseline["name"] == "baseline" and baseline["status"] == "ok"
+    assert baseline["params"] == 8 * 3 * 9 + 8 + 8 * 8 * 9 + 8 + 5 * 5 * 8 * 3 + 3
+    assert 0.0 <= baseline["accuracy"] <= 1.0
+    assert baseline["inference_ms_per_step"] > 0
+    assert os.path.isfile(baseline["path"]) and baseline["path"].endswith(".keras")
+
+    for label in ("tflite", "onnx"):
+        art = _artifact(report, "baseline", label)
+        assert art["status"] == "ok", art
+        assert os.path.isfile(art["path"]) and os.path.dirname(art["path"]) == os.path.dirname(baseline["path"])
+        assert art["parity"]["ok"] is True and art["parity"]["max_abs"] < 1e-4   # float32 export
+        assert art["latency_ms"]["p50"] > 0 and art["latency_ms"]["threads"] >= 1
+        assert art["accuracy"] == pytest.approx(baseline["accuracy"], abs=1e-6)  # same function
+    trt = _artifact(report, "baseline", "tensorrt")
+    assert trt["status"] == "skipped" and trt["reason"]
+
+    md = (out / "report.md").read_text()
+    assert "baseline" in md and "TensorRT" in md
+
+
+def test_summary_table_goes_to_stdout_and_progress_to_stderr(user_files, tmp_path):
+    model, folder = user_files
+    result = _invoke(["optimize", str(model), "--data", str(folder), "--to", "tflite",
+                      "-o", str(tmp_path / "run"), "--tiny"])
+    assert result.exit_code == 0, result.output
+    assert "Parameters" in result.stdout and "baseline" in result.stdout
+    assert "optkit: export baseline -> tflite" in result.stderr
+    assert "optkit: export" not in result.stdout
+
+
+def test_no_data_still_exports_and_times_but_has_no_accuracy(user_files, tmp_path):
+    model, _ = user_files
+    result = _invoke(["optimize", str(model), "--to", "onnx", "-o", str(tmp_path / "run"), "--json", "--tiny"])
+    assert result.exit_code == 0, result.output
+    [baseline] = json.loads(result.stdout)["variants"]
+    assert baseline["accuracy"] is None
+    art = _artifact(json.loads(result.stdout), "baseline", "onnx")
+    assert art["status"] == "ok" and art["accuracy"] is None and art["latency_ms"]["p50"] > 0
+
+
+def test_unknown_export_format_is_a_usage_error_before_anything_runs(user_files, tmp_path):
+    model, folder = user_files
+    result = CliRunner().invoke(cli, ["optimize", str(model), "--to", "tflit", "-o", str(tmp_path / "run")])
+    assert result.exit_code != 0
+    assert "did you mean 'tflite'" in str(result.exception)
+    assert not (tmp_path / "run").exists()
