@@ -5,6 +5,7 @@ subprocess). Timing windows are tiny (0.05 s) — these tests check behaviour, n
 """
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -176,3 +177,52 @@ def test_remote_and_adb_are_exclusive(tiny):
     from optkit.errors import UserError
     res = CliRunner().invoke(cli, ["bench", tiny["tflite"], "--remote", "u@h", "--adb", "X"])
     assert isinstance(res.exception, UserError) and "exclusive" in str(res.exception)
+
+
+def test_accuracy_on_labelled_data_counts_top1_hits(tiny):
+    """Labels = the Keras model's own top-1 on 4 images, then 2 of them made wrong: the float
+    TFLite export must score exactly 2/4, at a batch size that does not divide the set."""
+    from types import SimpleNamespace
+    from optkit import bench
+    x, y = tiny["oracle"]["x"], tiny["oracle"]["y"]
+    labels = y.argmax(1).copy()
+    labels[:2] = (labels[:2] + 1) % y.shape[1]
+    data = SimpleNamespace(x_test=x, y_test=labels)
+    doc = bench.bench([tiny["tflite"], tiny["onnx"]], threads=1, batch=3, data=data,
+                      warmup=1, min_time=0.0, min_runs=3)
+    for r in doc["results"]:
+        assert r["accuracy"] == 0.5 and r["accuracy_n"] == 4
+        assert "agreement" not in r  # with labels, accuracy replaces agreement
+
+
+def test_cli_data_source_gives_accuracy(tiny, tmp_path):
+    pytest.importorskip("optkit.data", reason="optkit.data (the --data loader) is not in this tree yet")
+    x, y = tiny["oracle"]["x"], tiny["oracle"]["y"]
+    npz = tmp_path / "val.npz"
+    np.savez(npz, x=x, y=y.argmax(1))
+    res = _bench(tiny["tflite"], "--data", str(npz), "--threads", "1", "--json", *FAST)
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)["results"][0]
+    assert r["accuracy"] is not None and 0.0 <= r["accuracy"] <= 1.0 and r["accuracy_n"] >= 1
+
+
+@pytest.mark.parametrize("name, runtime, reason", [
+    ("model.engine", "tensorrt", "NVIDIA GPU"),
+    ("model.mlpackage", "coreml", "macOS"),
+])
+def test_runtimes_that_cannot_run_here_give_a_skipped_row_and_exit_1(tiny, tmp_path, name, runtime, reason):
+    if platform.system() == "Darwin" and runtime == "coreml":
+        pytest.skip("Core ML runs on macOS")
+    artifact = tmp_path / name
+    if name.endswith(".mlpackage"):
+        artifact.mkdir()
+        (artifact / "Manifest.json").write_text("{}")
+    else:
+        artifact.write_bytes(b"\x00" * 64)
+    res = _bench(tiny["tflite"], str(artifact), "--threads", "1", "--json", *FAST)
+    assert res.exit_code == 1
+    ok, skipped = json.loads(res.stdout)["results"]
+    assert ok["status"] == "ok"
+    assert skipped["status"] == "skipped" and skipped["runtime"] == runtime
+    assert reason in skipped["reason"]
+    assert f"optkit: skipped: {artifact} on {runtime}" in res.stderr

@@ -32,6 +32,12 @@ import click
               help="Compare outputs against this artifact instead of the first one.")
 @click.option("--remote", default=None, metavar="USER@HOST[:PORT]",
               help="Run on another machine over ssh (copies runner.py when optkit is absent there).")
+@click.option("--ssh-identity", default=None, type=click.Path(dir_okay=False), metavar="KEY",
+              help="With --remote: private key for ssh -i.")
+@click.option("--known-hosts", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+              help="With --remote: known_hosts file to check the host key against.")
+@click.option("--remote-python", default="python3", show_default=True, metavar="CMD",
+              help="With --remote: the Python to run the benchmark with on the remote machine.")
 @click.option("--adb", "adb_serial", default=None, metavar="SERIAL",
               help="Run on an Android device over adb.")
 @click.option("--benchmark-binary", default=None, type=click.Path(dir_okay=False), metavar="PATH",
@@ -41,7 +47,8 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
 @click.pass_context
 def bench_cmd(ctx, artifacts, runtimes, threads, batch, warmup, min_time, min_runs, data_src,
-              reference, remote, adb_serial, benchmark_binary, output, as_json):
+              reference, remote, ssh_identity, known_hosts, remote_python, adb_serial,
+              benchmark_binary, output, as_json):
     """Measure latency of ARTIFACT(s): load, cold call, warm-up, then timed runs until both
     --min-time and --min-runs; prints p50/p90/p99/mean/std/n, load and cold times, peak RSS."""
     from optkit import report as report_mod
@@ -54,6 +61,8 @@ def bench_cmd(ctx, artifacts, runtimes, threads, batch, warmup, min_time, min_ru
         raise UserError("--remote and --adb are exclusive: pick one device")
     if benchmark_binary and not adb_serial:
         raise UserError("--benchmark-binary only applies with --adb")
+    if (ssh_identity or known_hosts) and not remote:
+        raise UserError("--ssh-identity/--known-hosts only apply with --remote")
     if (remote or adb_serial) and (data_src or reference):
         raise UserError("--data and --reference run locally only; drop them with --remote/--adb")
     runtime = runtimes[0] if runtimes else None
@@ -65,13 +74,24 @@ def bench_cmd(ctx, artifacts, runtimes, threads, batch, warmup, min_time, min_ru
 
         doc = remote_mod.bench_remote(list(artifacts), remote, threads=threads, batch=batch,
                                       warmup=warmup, min_time=min_time, min_runs=min_runs,
-                                      runtime=runtime, progress=say)
+                                      runtime=runtime, identity=ssh_identity,
+                                      known_hosts=known_hosts, python=remote_python, progress=say)
     elif adb_serial:
         from optkit import adb as adb_mod
 
-        doc = adb_mod.bench_adb(list(artifacts), adb_serial, threads=threads, batch=batch,
-                                warmup=warmup, min_time=min_time, min_runs=min_runs,
-                                benchmark_binary=benchmark_binary, progress=say)
+        if not benchmark_binary:
+            raise UserError("--adb needs --benchmark-binary PATH (TFLite's benchmark_model for the device)")
+        if batch != 1:
+            raise UserError("--adb runs benchmark_model at the model's own batch size; drop --batch")
+        # benchmark_model takes one model per run: one result each, merged into one report.
+        doc = None
+        for path in artifacts:
+            one = adb_mod.bench_adb(path, adb_serial, benchmark_binary, threads=threads,
+                                    warmup=warmup, min_time=min_time, min_runs=min_runs, progress=say)
+            if doc is None:
+                doc = one
+            else:
+                doc["results"].extend(one.get("results", []))
     else:
         from optkit import bench as bench_mod
 
