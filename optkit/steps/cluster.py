@@ -1,0 +1,120 @@
+"""`cluster`: weight clustering with tensorflow-model-optimization, fine-tuned, wrappers stripped.
+
+Each clustered kernel ends up holding at most `clusters` distinct values (per output channel with
+`per_channel`), which a compressor (gzip, or a palettized format) stores in a few bits per weight.
+After `prune`, the zeros are kept (sparsity-preserving clustering): that is the first half of
+PCQAT, and `qat` after it preserves both.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from optkit import compression
+from optkit import keras_io
+from optkit.errors import UserError
+from optkit.steps import Step, StepResult
+
+# option value -> tfmot CentroidInitialization member
+INITS = {"kmeans_plus_plus": "KMEANS_PLUS_PLUS", "linear": "LINEAR", "density": "DENSITY_BASED",
+         "random": "RANDOM"}
+
+
+def apply(model, ctx, *, clusters=16, init="kmeans_plus_plus", per_channel=False, preserve_sparsity=None,
+          layers="", skip_first=False, skip_last=False, skip_unsupported=False, lr=1e-4):
+    if not 2 <= clusters <= 256:
+        raise UserError(f"cluster: clusters must be between 2 and 256, got {clusters}")
+    if init not in INITS:
+        raise UserError(f"cluster: init must be one of {', '.join(INITS)}, got '{init}'")
+    mot = keras_io.tfmot()
+    history = compression.detect_history(model, ctx)
+    if preserve_sparsity is None:
+        # Clustering a pruned model would fill its zeros with the nearest centroid; keep them.
+        preserve_sparsity = history.pruned
+    has_data = ctx.data is not None and getattr(ctx.data, "x_train", None) is not None and ctx.epochs > 0
+    accuracy_before = compression.accuracy(model, ctx.data)
+    size_before = compression.weights_file_sizes(model)
+
+    base = keras_io.to_tf_keras(model)   # fresh copy: cluster_weights strips kernels off what it wraps
+    selected = compression.select_layers(base, layers=layers, skip_first=skip_first, skip_last=skip_last)
+    params = dict(number_of_clusters=int(clusters),
+                  cluster_centroids_init=getattr(mot.clustering.keras.CentroidInitialization, INITS[init]),
+                  preserve_sparsity=bool(preserve_sparsity), cluster_per_channel=bool(per_channel))
+
+    def wrap(layer):
+        # The public cluster_weights forwards preserve_sparsity / cluster_per_channel to the
+        # experimental implementation; with a Keras 3 layer it would return None silently,
+        # which to_tf_keras above rules out and the check below would catch.
+        out = mot.clustering.keras.cluster_weights(layer, **params)
+        if out is None:
+            raise ValueError("cluster_weights returned nothing (not a tf_keras layer?)")
+        return out
+
+    wrapped_model, wrapped, skipped = compression.wrap_selected(
+        base, selected, wrap, technique="cluster", skip_unsupported=skip_unsupported)
+
+    tuned = None
+    if has_data:
+        tuned = compression.fine_tune(wrapped_model, ctx, learning_rate=lr)
+    stripped = mot.clustering.keras.strip_clustering(wrapped_model)
+
+    unique = compression.unique_values_per_kernel(stripped)
+    limit = {name: _limit(stripped.get_layer(name), clusters, per_channel, preserve_sparsity) for name in wrapped}
+    allowed = clusters + (1 if preserve_sparsity else 0)
+    over = {name: unique[name] for name in wrapped if _max_unique(stripped.get_layer(name), per_channel) > allowed}
+    info = {
+        "technique": "weight clustering (tfmot cluster_weights)",
+        "clusters": int(clusters),
+        "init": init,
+        "per_channel": bool(per_channel),
+        "preserve_sparsity": bool(preserve_sparsity),
+        "history": history.to_json(),
+        "clustered_layers": wrapped,
+        # tfmot leaves a Conv2D alone when it has too few weights for the clusters asked for.
+        "skipped_layers": skipped,
+        "max_unique_values_per_kernel": limit,
+        "within_limit": not over,
+        **compression.describe(stripped, selected=wrapped),
+        "unique_values_per_channel_max": {name: _max_unique(stripped.get_layer(name), True) for name in wrapped},
+        "size_before": size_before,
+        "size_after": compression.weights_file_sizes(stripped),
+        "accuracy_before": accuracy_before,
+        "accuracy_after": compression.accuracy(stripped, ctx.data),
+        "fine_tune": tuned if tuned is not None else "none (no training data or epochs=0): weights snapped to the initial centroids",
+        "model": "stripped tf_keras model (plain layers); saves as Keras 3 .keras",
+    }
+    return StepResult(stripped, info)
+
+
+def _limit(layer, clusters, per_channel, preserve_sparsity):
+    """Most distinct values the kernel may hold: k per tensor, or k per output channel. With
+    sparsity preserved, zero is kept besides the k centroids."""
+    kernel = compression.kernel_of(layer).numpy()
+    per = clusters + (1 if preserve_sparsity else 0)
+    return per * kernel.shape[-1] if per_channel else per
+
+
+def _max_unique(layer, per_channel):
+    kernel = compression.kernel_of(layer).numpy()
+    if not per_channel:
+        return int(np.unique(kernel).size)
+    flat = kernel.reshape(-1, kernel.shape[-1])
+    return int(max(np.unique(flat[:, c]).size for c in range(flat.shape[1])))
+
+
+STEP = Step(
+    name="cluster",
+    help="Weight clustering (tfmot): k shared values per kernel, fine-tuned, wrappers stripped.",
+    apply=apply,
+    options={
+        "clusters": (int, 16, "number of clusters (distinct values) per kernel, 2-256"),
+        "init": (str, "kmeans_plus_plus", "centroid init: kmeans_plus_plus | linear | density | random"),
+        "per_channel": (bool, False, "cluster each output channel of Conv2D kernels separately"),
+        "preserve_sparsity": (bool, None, "keep zeros of an earlier prune (default: when the model is pruned)"),
+        "layers": (str, "", "layer names or types to cluster, '+'-separated (default: all weight layers)"),
+        "skip_first": (bool, False, "leave the first weight layer unclustered"),
+        "skip_last": (bool, False, "leave the last weight layer unclustered"),
+        "skip_unsupported": (bool, False, "leave layers tfmot cannot cluster unwrapped instead of failing"),
+        "lr": (float, 1e-4, "fine-tune learning rate (Adam)"),
+    },
+    kind="compression",
+)
