@@ -264,8 +264,22 @@ class SampleSet:
     source: str
 
 
-def load_bench_json(path) -> SampleSet:
-    """A bench JSON (`optkit bench --json`) with exactly one result holding raw `samples_ms`."""
+def _split_selector(spec):
+    """'bench.json' -> ('bench.json', None); 'both.json#1' -> ('both.json', 1)."""
+    text = str(spec)
+    head, sep, tail = text.rpartition("#")
+    if sep and head.lower().endswith(".json") and tail.isdigit():
+        return head, int(tail)
+    return text, None
+
+
+def load_bench_json(spec) -> SampleSet:
+    """A bench JSON (`optkit bench --json`/`-o`) result holding raw `samples_ms`.
+
+    `FILE.json` must hold exactly one such result; `FILE.json#N` picks result N (0-based), for
+    a file where one `optkit bench A B` run measured both artifacts.
+    """
+    path, index = _split_selector(spec)
     try:
         with open(path, encoding="utf-8") as fh:
             doc = json.load(fh)
@@ -280,23 +294,29 @@ def load_bench_json(path) -> SampleSet:
         results, env = [doc], {}
     else:
         raise UserError(f"{path}: expected bench JSON with a 'results' list (optkit bench --json)")
+    if index is not None:
+        if index >= len(results):
+            raise UserError(f"{spec}: {path} has {len(results)} results (indices 0..{len(results) - 1})")
+        results = [results[index]]
     with_samples = [r for r in results if isinstance(r, dict) and r.get("samples_ms")]
     if not with_samples and len(results) == 1:
-        raise UserError(f"{path}: the result has no raw samples_ms (aggregates alone, e.g. from "
+        raise UserError(f"{spec}: the result has no raw samples_ms (aggregates alone, e.g. from "
                         "benchmark_model over adb, cannot be tested statistically)")
     if len(with_samples) != 1:
         raise UserError(f"{path}: the gate compares one result with raw samples_ms; found "
-                        f"{len(with_samples)} (of {len(results)} results) - bench one artifact per file")
+                        f"{len(with_samples)} (of {len(results)} results) - pick one with {path}#N")
     result = dict(with_samples[0])
     meta = {k: v for k, v in result.items() if k != "samples_ms"}
     device = result.get("device") or (env.get("device") if isinstance(env, dict) else None)
+    if not device and isinstance(env, dict) and env.get("cpu_model"):
+        device = env   # a local `optkit bench` puts the device fingerprint at the top of env
     if device:
         meta["device"] = device
-    return SampleSet(_clean_samples(result["samples_ms"], str(path)), meta, str(path))
+    return SampleSet(_clean_samples(result["samples_ms"], str(spec)), meta, str(spec))
 
 
-def is_bench_json(path) -> bool:
-    return str(path).lower().endswith(".json")
+def is_bench_json(spec) -> bool:
+    return _split_selector(spec)[0].lower().endswith(".json")
 
 
 def _random_inputs(predictor, batch, seed):

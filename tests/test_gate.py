@@ -136,6 +136,26 @@ def test_bench_json_with_several_results_is_refused(tmp_path):
         gate.load_bench_json(str(p))
 
 
+def test_one_bench_file_with_both_results_is_selected_by_index(tmp_path):
+    base, cand = latencies(1.0, 80, 1), latencies(1.4, 80, 2)
+    p = tmp_path / "both.json"
+    p.write_text(json.dumps({"schema": 1, "env": {"cpu_model": "X", "threads": 1},
+                             "results": [{"path": "a.tflite", "samples_ms": base, "size_bytes": 10},
+                                         {"path": "b.tflite", "samples_ms": cand, "size_bytes": 10}]}))
+    r = gate.run_gate(f"{p}#0", f"{p}#1")
+    assert r.decision == gate.REGRESSION and r.n_baseline == r.n_candidate == 80
+    assert not [c for c in r.checks if c.name == "same_device"]   # same env on both sides
+    with pytest.raises(UserError, match="has 2 results"):
+        gate.load_bench_json(f"{p}#2")
+
+
+def test_results_without_raw_samples_are_refused_with_the_reason(tmp_path):
+    p = tmp_path / "adb.json"
+    p.write_text(json.dumps({"results": [{"path": "m.tflite", "samples_ms": [], "latency_ms": {"mean": 3}}]}))
+    with pytest.raises(UserError, match="no raw samples_ms"):
+        gate.load_bench_json(str(p))
+
+
 def test_mixing_json_and_artifact_is_refused(tmp_path):
     p = write_bench(tmp_path / "a.json", latencies(1.0, 50, 1))
     with pytest.raises(UserError, match="not one of each"):
