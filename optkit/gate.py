@@ -120,6 +120,13 @@ def parse_percent(text) -> float:
     return value / 100.0
 
 
+def format_p(p) -> str:
+    """p-values too small for a double print as 0; say what is known instead."""
+    if p is None:
+        return "p=n/a"
+    return "p<1e-300" if p < 1e-300 else f"p={p:.3g}"
+
+
 # ----------------------------------------------------------------------------------- latency test
 def _mann_whitney_greater(candidate: Sequence[float], baseline: Sequence[float]) -> float:
     """p-value of H1: candidate latencies are stochastically greater than the baseline's."""
@@ -173,7 +180,7 @@ def latency_decision(baseline_ms, candidate_ms, *, alpha=DEFAULT_ALPHA,
     p = _mann_whitney_greater(cand, base)
     limit = 1.0 + max_slowdown
     numbers = (f"median {med_b:.4g} -> {med_c:.4g} ms (ratio {ratio:.3f}, limit {limit:.3f}), "
-               f"Mann-Whitney U one-sided p={p:.3g} (alpha {alpha:g}), n={len(base)}/{len(cand)}")
+               f"Mann-Whitney U one-sided {format_p(p)} (alpha {alpha:g}), n={len(base)}/{len(cand)}")
     if p < alpha and ratio > limit:
         decision, why = REGRESSION, "latency regression: significant AND above the tolerance"
     elif ratio > limit:

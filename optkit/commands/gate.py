@@ -78,13 +78,9 @@ def _render(result) -> str:
     lines = [f"gate: {result.decision.upper()}", f"  decided by: {result.decided_by}"]
     if result.median_ratio is not None:
         lines.append(f"  median {result.baseline_median_ms:.4g} ms -> {result.candidate_median_ms:.4g} ms "
-                     f"(x{result.median_ratio:.3f}), p={_fmt(result.p_value)}, "
+                     f"(x{result.median_ratio:.3f}), {gate.format_p(result.p_value)}, "
                      f"n={result.n_baseline}/{result.n_candidate}")
     for c in result.checks:
         lines.append(f"  check {c.name}: {c.status}"
                      + (f" ({c.baseline} -> {c.candidate}; {c.reason})" if c.status != "skipped" else ""))
     return "\n".join(lines)
-
-
-def _fmt(p):
-    return "n/a" if p is None else f"{p:.3g}"
