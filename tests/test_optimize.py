@@ -120,3 +120,30 @@ def test_unknown_export_format_is_a_usage_error_before_anything_runs(user_files,
     assert result.exit_code != 0
     assert "did you mean 'tflite'" in str(result.exception)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_failing_export_is_a_failed_row_and_the_run_goes_on_with_exit_1(tmp_path):
+    """A custom layer computing erf: TFLite has no builtin Erf (needs TF Select), ONNX has one."""
+    from optkit import keras_io
+
+    keras = keras_io.keras3()
+
+    @keras.saving.register_keras_serializable("optkit_tests")
+    class Erf(keras.layers.Layer):
+        def call(self, x):
+            return keras.ops.erf(x)
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Dense(4)(keras.layers.Flatten()(inputs))
+    outputs = keras.layers.Dense(3, activation="softmax")(Erf()(x))
+    keras.Model(inputs, outputs).save(str(tmp_path / "erf.keras"))
+
+    out = tmp_path / "run"
+    result = _invoke(["optimize", str(tmp_path / "erf.keras"), "--to", "tflite,onnx", "-o", str(out), "--tiny"])
+    assert result.exit_code == 1, result.output
+    report = json.loads((out / "report.json").read_text())
+    tflite = _artifact(report, "baseline", "tflite")
+    assert tflite["status"] == "failed" and "Erf" in tflite["reason"]
+    assert _artifact(report, "baseline", "onnx")["status"] == "ok"      # the run went on
+    assert report["status"] == "failed" and len(report["failures"]) == 1
+    assert "failed" in result.stdout and "Parameters" in result.stdout   # the table still printed
