@@ -4,10 +4,10 @@ A latency means little without the CPU, the frequency governor (a phone or a Pi 
 runs several times slower than in `performance`), a Jetson's power mode and whether
 jetson_clocks pinned its clocks, and the threads and delegate/provider of the runtime.
 
-This module is the one implementation. It uses only the standard library, never raises (every
-probe that fails is left out or recorded as unknown) and runs on Python 3.8, because optkit.remote
-runs this very file on the remote device (`python3 - < device.py`) when optkit is not installed
-there, and the runner's single file must not grow a copy of it.
+This module is the one implementation (optkit.env builds the report's `env` on it). It uses only
+the standard library, never raises (a probe that fails is left out or recorded as unknown) and
+runs on Python 3.8, because optkit.remote copies this very file next to the single-file runner
+and runs it on the device (`python3 device.py` prints JSON) when optkit is not installed there.
 
 `root` lets tests point the /proc and /sys reads at a directory tree they built.
 """
@@ -33,23 +33,33 @@ def _read(root: str, path: str) -> Optional[str]:
         return None
 
 
-def cpu_model(root: str = "/") -> Optional[str]:
-    """x86 'model name'; ARM boards: the device-tree model (Raspberry Pi, Jetson) or cpuinfo's Hardware."""
-    cpuinfo = _read(root, "/proc/cpuinfo") or ""
-    fields = {}
-    for line in cpuinfo.splitlines():
+def _cpuinfo_fields(root: str) -> Dict[str, str]:
+    fields = {}  # type: Dict[str, str]
+    for line in (_read(root, "/proc/cpuinfo") or "").splitlines():
         key, sep, value = line.partition(":")
-        if sep and key.strip() not in fields:
+        if sep and key.strip() not in fields and value.strip():
             fields[key.strip()] = value.strip()
-    if fields.get("model name"):
-        return fields["model name"]
-    # ARM /proc/cpuinfo has no model name; the board's device tree names it ("NVIDIA Jetson ...").
+    return fields
+
+
+def board(root: str = "/") -> Optional[str]:
+    """The board: device-tree model ('NVIDIA Jetson Orin Nano Developer Kit', 'Raspberry Pi 4
+    Model B Rev 1.4') or cpuinfo's Model line; None on a PC or VM without one."""
     dt_model = _read(root, "/proc/device-tree/model")
-    if dt_model:
+    if dt_model and dt_model.rstrip("\x00"):
         return dt_model.rstrip("\x00")
-    for key in ("Model", "Hardware", "Processor", "cpu model"):
+    return _cpuinfo_fields(root).get("Model")
+
+
+def cpu_model(root: str = "/") -> Optional[str]:
+    """x86 and 32-bit ARM: cpuinfo's 'model name'; Android SoCs: 'Hardware'; else the board name."""
+    fields = _cpuinfo_fields(root)
+    for key in ("model name", "Hardware", "cpu model", "Processor"):
         if fields.get(key):
             return fields[key]
+    name = board(root)
+    if name:
+        return name
     if os.path.abspath(root) == "/":
         return platform.processor() or platform.machine() or None
     return None
@@ -89,7 +99,7 @@ def is_jetson(root: str = "/") -> bool:
 
 def parse_nvpmodel(text: str) -> Optional[Dict[str, Any]]:
     """`nvpmodel -q` prints 'NV Power Mode: MAXN' then the mode id on the next line."""
-    match = re.search(r"NV Power Mode:\s*(\S+)\s*(?:\n\s*(\d+))?", text or "")
+    match = re.search(r"NV Power Mode:[ \t]*(\S+)[ \t]*(?:\r?\n[ \t]*(\d+))?", text or "")
     if not match:
         return None
     return {"name": match.group(1), "id": int(match.group(2)) if match.group(2) else None}
@@ -140,6 +150,7 @@ def fingerprint(threads: Optional[int] = None, runtime: Optional[str] = None,
     """Everything above as one JSON-ready dict; keys with nothing to say are left out."""
     fp = {
         "cpu_model": cpu_model(root),
+        "board": board(root),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "system": platform.system(),
