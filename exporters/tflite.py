@@ -12,6 +12,7 @@ import os
 
 from exporters import _common
 from optkit.errors import UserError
+from optkit.runner import Predictor
 
 NAME = "tflite"
 SUFFIX = ".tflite"
@@ -81,21 +82,78 @@ def export(model, out_path, *, quantize="none", data=None, **options):
 
 
 def _converter(model, tf):
+    """Keras 3 and quantization-aware tf_keras models: from_keras_model (the path that turns
+    tfmot's fake-quant ranges into int8 scales). Plain tf_keras models: from the named serving
+    function, because tf_keras' own signature names outputs after layers and loses their order
+    (Keras 3's export already names them output_0..n)."""
     from optkit import keras_io
 
-    if keras_io.flavour_of(model) == keras_io.SAVED_MODEL:
+    flavour = keras_io.flavour_of(model)
+    if flavour == keras_io.SAVED_MODEL:
         return tf.lite.TFLiteConverter.from_saved_model(model.path)
-    return tf.lite.TFLiteConverter.from_keras_model(model)
+    if flavour == keras_io.KERAS3 or _has_tfmot_wrappers(model):
+        return tf.lite.TFLiteConverter.from_keras_model(model)
+    _, concrete, _ = _common.named_serving_function(model)
+    return tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+
+
+def _has_tfmot_wrappers(model):
+    stack = list(getattr(model, "layers", []))
+    while stack:
+        layer = stack.pop()
+        if type(layer).__module__.startswith("tensorflow_model_optimization"):
+            return True
+        stack.extend(getattr(layer, "layers", []))
+    return False
 
 
 def load(path, *, threads=None, runtime=None, **options):
-    """A runner Predictor for `path`; `runtime` may force ai_edge_litert/tflite_runtime/tensorflow."""
+    """A runner Predictor for `path`; `runtime` may force ai_edge_litert/tflite_runtime/tensorflow.
+
+    Outputs come back in the model's order: the interpreter lists output tensors in graph order,
+    which for multi-output models is not the model's; the serving signature's output_0..n is.
+    """
     from optkit import runner
 
     try:
-        return runner.load_predictor(os.fspath(path), runtime=runtime, threads=threads)
+        predictor = runner.load_predictor(os.fspath(path), runtime=runtime, threads=threads)
     except runner.RunnerError as exc:
         raise UserError(str(exc)) from None
+    order = _signature_output_order(predictor)
+    return predictor if order is None else SignatureOrdered(predictor, order)
+
+
+def _signature_output_order(predictor):
+    """Permutation putting the runner's outputs in signature order (output_0, output_1, ...), or
+    None when it is already right or the signature does not say (e.g. layer-named outputs)."""
+    interp = getattr(predictor, "_interp", None)
+    if interp is None or len(predictor.outputs) < 2:
+        return None
+    try:
+        outputs = interp._get_full_signature_list()["serving_default"]["outputs"]
+    except (AttributeError, KeyError):
+        return None
+    names = _common.output_names(len(outputs))
+    if sorted(outputs) != sorted(names):
+        return None
+    position = {int(d["index"]): i for i, d in enumerate(interp.get_output_details())}
+    order = [position[int(outputs[name])] for name in names]
+    return None if order == list(range(len(order))) else order
+
+
+class SignatureOrdered(Predictor):
+    """The runner's TFLite predictor with outputs re-ordered to the model's output order."""
+
+    def __init__(self, inner, order):
+        Predictor.__init__(self, inner.path, inner.threads)
+        self.inner, self.order = inner, order
+        self.runtime, self.backend, self.backend_version = inner.runtime, inner.backend, inner.backend_version
+        self.inputs = inner.inputs
+        self.outputs = [inner.outputs[i] for i in order]
+
+    def __call__(self, *arrays):
+        out = self.inner(*arrays)
+        return [out[i] for i in self.order]
 
 
 def inspect(path):

@@ -56,7 +56,22 @@ def _tf_keras_sequential():
     ], name="tfk_seq")
 
 
-MODELS = {"sequential": _keras3_sequential, "residual": _keras3_residual, "tf_keras": _tf_keras_sequential}
+def _two_outputs(kmod):
+    """Two heads of different widths: a runtime that returns outputs out of order fails on shape."""
+    kmod.utils.set_random_seed(0)
+    inputs = kmod.Input(INPUT, name="image")
+    x = kmod.layers.Conv2D(8, 3, activation="relu")(inputs)
+    # Layer names sort opposite to the output order, so name-sorted outputs would be wrong too.
+    probs = kmod.layers.Dense(10, activation="softmax", name="z_probs",
+                              kernel_initializer=kmod.initializers.RandomNormal(stddev=0.3, seed=1))(
+        kmod.layers.Flatten()(x))
+    box = kmod.layers.Dense(4, name="a_box")(kmod.layers.GlobalAveragePooling2D()(x))
+    return kmod.Model(inputs, [probs, box], name="two_outputs")
+
+
+MODELS = {"sequential": _keras3_sequential, "residual": _keras3_residual, "tf_keras": _tf_keras_sequential,
+          "two_outputs": lambda: _two_outputs(keras_io.keras3()),
+          "tf_keras_two_outputs": lambda: _two_outputs(keras_io.tf_keras())}
 
 
 @pytest.fixture(scope="module")
