@@ -380,15 +380,22 @@ def _artifact_meta(path, predictor) -> Dict[str, Any]:
 
 
 def measure_artifacts(baseline_path, candidate_path, *, runtime=None, threads=None, batch=1,
-                      warmup=10, min_time=2.0, min_runs=50, seed=0) -> Tuple[SampleSet, SampleSet]:
+                      warmup=10, min_time=2.0, min_runs=50, seed=0,
+                      progress: Optional[Callable[[str], None]] = None) -> Tuple[SampleSet, SampleSet]:
     """Load both artifacts with optkit.runner and measure them interleaved in this process."""
     for p in (baseline_path, candidate_path):
         if not os.path.isfile(p):
             raise UserError(f"no such artifact: {p}")
-    from optkit.runner import load_predictor
+    from optkit.runner import RunnerError, load_predictor
 
-    pa = load_predictor(str(baseline_path), runtime=runtime, threads=threads)
-    pb = load_predictor(str(candidate_path), runtime=runtime, threads=threads)
+    try:
+        pa = load_predictor(str(baseline_path), runtime=runtime, threads=threads)
+        pb = load_predictor(str(candidate_path), runtime=runtime, threads=threads)
+    except RunnerError as exc:   # a bad model file or runtime name: the user's input
+        raise UserError(str(exc)) from None
+    if progress:
+        progress(f"measuring {baseline_path} and {candidate_path} interleaved "
+                 f"(>= {min_time:g} s and {min_runs} runs each, {pa.threads} thread(s), batch {batch})")
     xa = _random_inputs(pa, batch, seed)
     xb = _random_inputs(pb, batch, seed)
     a_ms, b_ms = measure_interleaved(lambda: pa(*xa), lambda: pb(*xb), warmup=warmup,
@@ -420,8 +427,7 @@ def run_gate(baseline, candidate, *, alpha=DEFAULT_ALPHA, max_slowdown=DEFAULT_M
         return decide(a.samples_ms, b.samples_ms, baseline_meta=a.meta, candidate_meta=b.meta, **opts)
     measure = dict(runtime=runtime, threads=threads, batch=batch, warmup=warmup, min_time=min_time,
                    min_runs=min_samples)
-    say(f"measuring {baseline} and {candidate} interleaved (>= {min_time:g} s and {min_samples} runs each)")
-    a, b = measure_artifacts(baseline, candidate, seed=0, **measure)
+    a, b = measure_artifacts(baseline, candidate, seed=0, progress=say, **measure)
     result = decide(a.samples_ms, b.samples_ms, baseline_meta=a.meta, candidate_meta=b.meta, **opts)
     if confirm and result.decision == REGRESSION:
         say("regression found; confirming with a fresh interleaved run")

@@ -252,3 +252,15 @@ def test_cli_same_model_against_itself_passes(tmp_path):
     doc = json.loads(res.stdout)
     assert doc["decision"] == "pass" and 0.8 < doc["median_ratio"] < 1.25
     assert {c["name"]: c["status"] for c in doc["checks"]}["size_bytes"] == "pass"
+
+
+def test_cli_artifact_that_is_not_a_model_is_one_line_exit_2(tmp_path, capsys):
+    from optkit.cli import main
+
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a model")
+    with pytest.raises(SystemExit) as exc:
+        main(["gate", "-a", str(bad), "-b", str(bad)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "the runner loads .tflite and .onnx files" in err and err.count("\n") == 1
