@@ -200,6 +200,7 @@ def bench_remote(artifacts: Union[str, Sequence[str]], target: str, *, threads=N
     if proc.returncode != 0 or not lines or not _SAFE_REMOTE_DIR.match(lines[0]):
         raise RunFailure(f"could not create a temp dir on {tgt.text}: {_last_line(proc.stderr or proc.stdout)}")
     remote_dir = lines[0]
+    say(f"remote: working in {tgt.text}:{remote_dir}")
     try:
         if "no-python" in lines[1:]:
             raise UserError(f"remote python {python!r} not found on {tgt.text} (pass --remote-python)")

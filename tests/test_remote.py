@@ -55,6 +55,7 @@ def sshd(tmp_path_factory):
         "PermitRootLogin yes", "StrictModes no", "UsePAM no",
         "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PubkeyAuthentication yes",
         "Subsystem sftp internal-sftp",   # OpenSSH >= 9 scp speaks SFTP
+        "AcceptEnv TMPDIR",               # lets a test choose where the remote temp dir goes
         "LogLevel ERROR", "",
     ]))
     os.makedirs("/run/sshd", exist_ok=True)  # privilege-separation dir sshd insists on
@@ -151,14 +152,21 @@ def test_host_missing_from_known_hosts_is_refused(sshd, hostile_model, tmp_path)
         _bench(sshd, hostile_model, known_hosts=str(empty))
 
 
-def test_remote_python_without_numpy_fails_with_the_remote_reason(sshd, hostile_model):
+def test_remote_python_without_numpy_fails_with_the_remote_reason_and_cleans_up(sshd, hostile_model, tmp_path):
     if not os.path.exists("/usr/bin/python3"):
         pytest.skip("no system python3")
     probe = subprocess.run(["/usr/bin/python3", "-c", "import numpy"], capture_output=True)
     if probe.returncode == 0:
         pytest.skip("system python3 has numpy; this test needs one without")
+    remote_tmp = tmp_path / "remote_tmp"
+    remote_tmp.mkdir()
+    seen = []
     with pytest.raises(RunFailure, match="No module named 'numpy'"):
-        _bench(sshd, hostile_model, python="/usr/bin/python3")
+        _bench(sshd, hostile_model, python="/usr/bin/python3", progress=seen.append,
+               ssh_options=[f"SetEnv=TMPDIR={remote_tmp}"])
+    assert any(str(remote_tmp) + "/optkit." in m for m in seen)   # the temp dir was made there
+    assert any("copying" in m for m in seen)                       # and used for the run
+    assert list(remote_tmp.iterdir()) == []            # and the failed run left nothing behind
 
 
 def test_missing_remote_python_is_a_user_error(sshd, hostile_model):
