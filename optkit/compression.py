@@ -152,14 +152,30 @@ def _first_line(exc) -> str:
 # ------------------------------------------------------------------------------- measurements
 
 def kernels(model) -> Dict[str, np.ndarray]:
-    """Layer name -> kernel values, for every layer with a weight matrix (wrappers looked through)."""
+    """Layer name -> kernel values, for every layer with a weight matrix. tfmot wrappers are looked
+    through and reported under the wrapped layer's own name ('body', not 'quant_body'), so the
+    same layer has the same key before and after every step."""
     out = {}
     for layer in _flat_layers(model):
-        inner = getattr(layer, "layer", layer)   # tfmot wrappers keep the original in `.layer`
-        weight = kernel_of(inner)
-        if weight is not None:
-            out[layer.name] = np.asarray(weight.numpy() if hasattr(weight, "numpy") else weight)
+        value = _kernel_value(layer)
+        if value is not None:
+            out[getattr(getattr(layer, "layer", None), "name", layer.name)] = value
     return out
+
+
+def _kernel_value(layer):
+    inner = getattr(layer, "layer", None)   # tfmot wrappers keep the original layer in `.layer`
+    if inner is None:
+        weight = kernel_of(layer)
+        return None if weight is None else np.asarray(weight.numpy())
+    # Inside a QuantizeWrapper the layer's `kernel` attribute is swapped for the fake-quant
+    # tensor; the variable itself is among the wrapper's weights, named after the attribute.
+    for attr in KERNEL_ATTRS:
+        for weight in layer.weights:
+            base = weight.name.split("/")[-1].split(":")[0]
+            if base == attr and len(weight.shape) >= 2:
+                return np.asarray(weight.numpy())
+    return None
 
 
 def sparsity_per_layer(model) -> Dict[str, float]:
