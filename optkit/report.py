@@ -311,6 +311,7 @@ th:first-child,td:first-child{text-align:left}
 thead th{background:#f0f3f7}
 td.status{color:#a33;white-space:normal;max-width:18rem;text-align:left}
 .env{color:#555;font-size:.9rem}
+.scroll{overflow-x:auto}
 figure{display:inline-block;margin:1rem 2rem 1rem 0}
 figcaption{color:#555;font-size:.9rem}
 """
@@ -343,9 +344,10 @@ def to_html(report: dict, plots: bool = True) -> str:
         "<h1>optkit report</h1>\n"
         + (f'<p class="env">Measured on: {e(summary)}</p>\n' if summary else "")
         + f"<h2>{kind}</h2>\n"
+        '<div class="scroll">'
         f'<table id="report-table"><thead><tr>{head}</tr></thead>\n<tbody>\n'
         + "\n".join(body)
-        + "\n</tbody></table>\n"
+        + "\n</tbody></table></div>\n"
         + ("<h2>Plots</h2>\n" + "\n".join(figures) + "\n" if figures else "")
         + "<details><summary>report.json</summary><pre>"
         + e(json.dumps(_without_samples(report), indent=1))
@@ -412,7 +414,8 @@ def points(report: dict) -> List[dict]:
             lat = r.get("latency_ms") or {}
             if r.get("status", "ok") != "ok" or lat.get("p50") is None:
                 continue
-            pts.append({"label": os.path.basename(str(r.get("path", "")).rstrip("/")),
+            name = os.path.basename(str(r.get("path", "")).rstrip("/"))
+            pts.append({"label": f"{name} · {r.get('runtime') or '?'}",
                         "runtime": r.get("runtime") or "?", "size": r.get("size_bytes"),
                         "gzip": r.get("gzip_bytes"), "latency": lat["p50"],
                         "accuracy": r.get("accuracy")})
@@ -451,6 +454,7 @@ def _figures(report: dict):
                 marker="o", markerfacecolor="none", markersize=12, label="Pareto front")
         for p, (x, y) in zip(sized, xy):
             ax.annotate(p["label"], (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        _log_if_spread(ax, [x for x, _ in xy], [y for _, y in xy])
         ax.set_xlabel("file size (MB)")
         ax.set_ylabel("latency p50 (ms)")
         ax.set_title("Latency vs size (lower left is better)")
@@ -473,6 +477,7 @@ def _figures(report: dict):
         for p in scored:
             ax.annotate(p["label"], (p["latency"], 100 * p["accuracy"]), fontsize=7,
                         xytext=(4, 4), textcoords="offset points")
+        _log_if_spread(ax, [x for x, _ in xy], [])
         ax.set_xlabel("latency p50 (ms)")
         ax.set_ylabel("accuracy (%)")
         ax.set_title("Accuracy vs latency (upper left is better)")
@@ -481,6 +486,15 @@ def _figures(report: dict):
         fig.tight_layout()
         figs.append(("Accuracy vs latency", "accuracy_vs_latency", fig))
     return figs
+
+
+def _log_if_spread(ax, xs, ys, spread=20.0):
+    """Log axes when values span more than `spread`x: model.predict at 200 ms and LiteRT at
+    0.1 ms on one linear axis would squash every fast runtime onto zero."""
+    for values, set_scale in ((xs, ax.set_xscale), (ys, ax.set_yscale)):
+        positive = [v for v in values if v and v > 0]
+        if positive and max(positive) / min(positive) > spread:
+            set_scale("log")
 
 
 def plot_pngs(report: dict) -> List[Tuple[str, bytes]]:
