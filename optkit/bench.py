@@ -148,6 +148,8 @@ def load_runtime(path: str, runtime: str, threads: int):
         predictor = exporters.get(runtime).load(path, threads=threads)
         predictor.runtime = runtime
         return predictor
+    except runner.RuntimeMissing as exc:
+        raise Unavailable(str(exc)) from exc
     except runner.RunnerError as exc:
         raise UserError(str(exc)) from exc
 

@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 __all__ = [
-    "RunnerError", "TensorSpec", "Predictor", "load_predictor", "measure", "summarize",
+    "RunnerError", "RuntimeMissing", "TensorSpec", "Predictor", "load_predictor", "measure", "summarize",
     "default_threads", "random_inputs", "PeakRSS", "bench_file", "bench_loaded", "device_info",
     "file_sizes", "artifact_format",
 ]
@@ -39,6 +39,10 @@ RUNTIME_ALIASES = {
 
 class RunnerError(Exception):
     """A bad model file or option. optkit.bench turns it into a UserError (exit 2)."""
+
+
+class RuntimeMissing(RunnerError):
+    """The runtime a model needs is not installed here (optkit.bench: a `skipped` row)."""
 
 
 class TensorSpec(object):
@@ -141,7 +145,7 @@ def _import_interpreter(which=None):
             return tf.lite.Interpreter, "tensorflow.lite", tf.__version__
         except Exception as exc:  # ImportError, or a broken install that fails on import
             errors.append("%s: %s" % (name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
-    raise RunnerError("no TFLite interpreter available (pip install ai-edge-litert); tried "
+    raise RuntimeMissing("no TFLite interpreter available (pip install ai-edge-litert); tried "
                       + "; ".join(errors))
 
 
@@ -228,7 +232,7 @@ class OnnxPredictor(Predictor):
         try:
             import onnxruntime as ort
         except Exception as exc:
-            raise RunnerError("onnxruntime is not installed (pip install onnxruntime): %s" % exc)
+            raise RuntimeMissing("onnxruntime is not installed (pip install onnxruntime): %s" % exc)
         self.backend_version = ort.__version__
         opts = ort.SessionOptions()
         # Explicit threads: onnxruntime's default (0) takes every core, LiteRT's takes one.

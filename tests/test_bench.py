@@ -226,3 +226,17 @@ def test_runtimes_that_cannot_run_here_give_a_skipped_row_and_exit_1(tiny, tmp_p
     assert skipped["status"] == "skipped" and skipped["runtime"] == runtime
     assert reason in skipped["reason"]
     assert f"optkit: skipped: {artifact} on {runtime}" in res.stderr
+
+
+def test_a_runtime_that_is_not_installed_gives_a_skipped_row(tiny, tmp_path):
+    """onnxruntime made unimportable: the ONNX row is skipped with the install hint, LiteRT still runs."""
+    blocker = tmp_path / "no_ort"
+    (blocker / "onnxruntime").mkdir(parents=True)
+    (blocker / "onnxruntime" / "__init__.py").write_text("raise ImportError('no onnxruntime here')\n")
+    proc = subprocess.run([sys.executable, "-m", "optkit.cli", "bench", tiny["tflite"], tiny["onnx"],
+                           "--json", "--threads", "1", *FAST], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(blocker)), timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    tfl, onnx = json.loads(proc.stdout)["results"]
+    assert tfl["status"] == "ok"
+    assert onnx["status"] == "skipped" and "pip install onnxruntime" in onnx["reason"]
