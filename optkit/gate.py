@@ -51,7 +51,7 @@ EXIT_CODES = {PASS: 0, REGRESSION: 3, INCONCLUSIVE: 4}
 class Check:
     """One deterministic comparison beside latency."""
 
-    name: str                       # size_bytes | params | flops | validation | same_device
+    name: str                       # size_bytes | params | flops | validation | same_settings | same_device
     status: str                     # pass | fail | skipped | warn
     baseline: Any = None
     candidate: Any = None
@@ -216,7 +216,8 @@ def _validation_ok(meta) -> Optional[bool]:
 
 def deterministic_checks(baseline_meta: Dict[str, Any], candidate_meta: Dict[str, Any], *,
                          max_growth=DEFAULT_MAX_GROWTH) -> List[Check]:
-    """Size, parameters, FLOPs (growth above `max_growth` fails), validation, same device."""
+    """Size, parameters, FLOPs (growth above `max_growth` fails), validation; warnings when the
+    two were measured with different runtime/threads/batch or on different devices."""
     checks = []
     limit = 1.0 + max_growth
     for name, keys in (("size_bytes", ("size_bytes",)), ("params", ("params", "parameters")),
@@ -236,6 +237,12 @@ def deterministic_checks(baseline_meta: Dict[str, Any], candidate_meta: Dict[str
     else:
         checks.append(Check("validation", "pass" if vc else "fail", vb, vc, True,
                             "candidate validated" if vc else "candidate failed validation"))
+    differ = [f"{k} {baseline_meta[k]} vs {candidate_meta[k]}" for k in ("runtime", "threads", "batch")
+              if baseline_meta.get(k) is not None and candidate_meta.get(k) is not None
+              and baseline_meta[k] != candidate_meta[k]]
+    if differ:
+        checks.append(Check("same_settings", "warn", None, None, None,
+                            "baseline and candidate ran with different settings: " + ", ".join(differ)))
     db, dc = baseline_meta.get("device"), candidate_meta.get("device")
     if db and dc and db != dc:
         # Latencies from two machines (or two configurations) do not compare; say so loudly.

@@ -98,6 +98,14 @@ def test_failed_validation_is_a_regression_and_missing_fields_are_skipped():
     assert r.decision == gate.REGRESSION
 
 
+def test_different_threads_or_batch_give_a_warning_check():
+    r = gate.decide(latencies(1.0, 50, 1), latencies(1.0, 50, 2),
+                    baseline_meta={"runtime": "litert", "threads": 1, "batch": 1},
+                    candidate_meta={"runtime": "litert", "threads": 2, "batch": 1})
+    (warn,) = [c for c in r.checks if c.name == "same_settings"]
+    assert warn.status == "warn" and warn.reason.endswith("threads 1 vs 2")
+
+
 def test_different_devices_give_a_warning_check():
     r = gate.decide(latencies(1.0, 50, 1), latencies(1.0, 50, 2),
                     baseline_meta={"device": {"cpu_model": "A", "threads": 1}},
