@@ -213,9 +213,13 @@ def test_runner_cli_reports_a_bad_file_on_one_line_with_exit_2(tmp_path):
     assert proc.stdout == ""
 
 
-def test_runner_module_is_python38_syntax():
-    """Devices (Jetson images) ship Python 3.8: the file must parse with 3.8's grammar."""
+def test_runner_module_needs_no_more_than_python38():
+    """Devices (Jetson images) ship Python 3.8: the grammar AND the stdlib/builtins it uses
+    (vermin checks both: e.g. str.removeprefix or dict | dict would be 3.9)."""
     import ast
     src = open(runner.__file__).read()
     ast.parse(src, feature_version=(3, 8))
     assert "import optkit" not in src and "from optkit" not in src
+    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "vermin"), "-t=3.8-", "--no-tips", "--violations",
+                           "--eval-annotations", runner.__file__], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
