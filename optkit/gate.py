@@ -333,20 +333,6 @@ def is_bench_json(spec) -> bool:
     return _split_selector(spec)[0].lower().endswith(".json")
 
 
-def _random_inputs(predictor, batch, seed):
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    arrays = []
-    for spec in predictor.inputs:
-        # Dynamic dims (None / -1) become 1, then the leading (batch) dim is the requested batch.
-        shape = [int(d) if isinstance(d, int) and d > 0 else 1 for d in spec.shape]
-        if shape:
-            shape[0] = batch
-        arrays.append(rng.random(shape, dtype=np.float32))
-    return arrays
-
-
 def measure_interleaved(baseline: Callable[[], Any], candidate: Callable[[], Any], *, warmup=10,
                         min_time=2.0, min_runs=50, max_runs=100000, seed=0,
                         clock=time.perf_counter) -> Tuple[List[float], List[float]]:
@@ -393,7 +379,7 @@ def measure_artifacts(baseline_path, candidate_path, *, runtime=None, threads=No
     for p in (baseline_path, candidate_path):
         if not os.path.isfile(p):
             raise UserError(f"no such artifact: {p}")
-    from optkit.runner import RunnerError, load_predictor
+    from optkit.runner import RunnerError, load_predictor, random_inputs
 
     try:
         pa = load_predictor(str(baseline_path), runtime=runtime, threads=threads)
@@ -403,8 +389,8 @@ def measure_artifacts(baseline_path, candidate_path, *, runtime=None, threads=No
     if progress:
         progress(f"measuring {baseline_path} and {candidate_path} interleaved "
                  f"(>= {min_time:g} s and {min_runs} runs each, {pa.threads} thread(s), batch {batch})")
-    xa = _random_inputs(pa, batch, seed)
-    xb = _random_inputs(pb, batch, seed)
+    xa = random_inputs(pa.inputs, batch=batch, seed=seed)
+    xb = random_inputs(pb.inputs, batch=batch, seed=seed)
     a_ms, b_ms = measure_interleaved(lambda: pa(*xa), lambda: pb(*xb), warmup=warmup,
                                      min_time=min_time, min_runs=min_runs, seed=seed)
     return (SampleSet(a_ms, _artifact_meta(baseline_path, pa), str(baseline_path)),
