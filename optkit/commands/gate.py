@@ -28,7 +28,8 @@ class _Percent(click.ParamType):
 
 @click.command("gate")
 @click.option("--baseline", "-a", required=True, metavar="A",
-              help="Baseline: an artifact (.tflite/.onnx, measured now) or a bench JSON with samples_ms.")
+              help="Baseline: an artifact (.tflite/.onnx, measured now, interleaved with B) or a bench "
+                   "JSON with raw samples_ms (FILE.json#N picks result N).")
 @click.option("--candidate", "-b", required=True, metavar="B",
               help="Candidate: same kind as the baseline.")
 @click.option("--max-slowdown", type=_Percent(), default="10%", show_default=True,
@@ -43,9 +44,11 @@ class _Percent(click.ParamType):
 @click.option("--confirm", is_flag=True,
               help="Re-measure a regression from scratch; it stands only if the rerun agrees.")
 @click.option("--runtime", default=None, help="Runtime for artifacts (default: by file type).")
-@click.option("--threads", type=click.IntRange(1), default=None, help="Threads for artifacts.")
-@click.option("--batch", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--warmup", type=click.IntRange(0), default=10, show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="Threads for artifacts, the same for both [default: all available cores].")
+@click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="Batch for artifacts.")
+@click.option("--warmup", type=click.IntRange(0), default=10, show_default=True,
+              help="Untimed calls of each artifact first.")
 @click.option("--min-time", type=click.FloatRange(0), default=2.0, show_default=True,
               help="Seconds of timed runs per artifact (interleaved A/B).")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON on stdout.")
@@ -56,7 +59,9 @@ def gate_cmd(ctx, baseline, candidate, max_slowdown, alpha, min_samples, max_gro
 
     Regression = Mann-Whitney U p < ALPHA and median slowdown above --max-slowdown, or a
     deterministic check (size, parameters, FLOPs, validation) failing. Exit 0 pass,
-    3 regression, 4 inconclusive.
+    3 regression, 4 inconclusive (too few samples, or a slowdown above the tolerance that is
+    not significant: measure longer). To catch a 10% slowdown reliably, set --max-slowdown
+    below it (see docs/ci-gate.md).
     """
     result = gate.run_gate(baseline, candidate, alpha=alpha, max_slowdown=max_slowdown,
                            min_samples=min_samples, max_growth=max_growth, confirm=confirm,
