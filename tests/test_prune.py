@@ -132,3 +132,31 @@ def test_info_says_how_the_tflite_export_can_use_the_zeros(base, data):
     info = prune(base, data, sparsity="0.75", schedule="constant").info
     assert info["tflite"]["converter_optimizations"] == ["EXPERIMENTAL_SPARSITY"]
     assert info["tflite"]["sparsity"] == pytest.approx(0.75, abs=SPARSITY_TOL)
+
+
+def _xnnpack_shaped_cnn():
+    """The structure XNNPACK sparse inference needs: ZeroPadding + 3x3 stride-2 VALID stem on 3
+    channels, then depthwise / 1x1 convolutions."""
+    K = keras_io.tf_keras()
+    K.utils.set_random_seed(0)
+    inp = K.Input((16, 16, 3))
+    h = K.layers.ZeroPadding2D(1)(inp)
+    h = K.layers.Conv2D(16, 3, strides=2, padding="valid", activation="relu", name="stem")(h)
+    h = K.layers.DepthwiseConv2D(3, padding="same", activation="relu", name="dw")(h)
+    h = K.layers.Conv2D(32, 1, activation="relu", name="pw")(h)
+    h = K.layers.GlobalAveragePooling2D(keepdims=True)(h)
+    h = K.layers.Flatten()(h)
+    return K.Model(inp, K.layers.Dense(4, name="head")(h))
+
+
+def test_xnnpack_policy_prunes_only_the_1x1_convolutions(data):
+    result = prune(_xnnpack_shaped_cnn(), data, sparsity="0.75", policy="xnnpack")
+    measured = compression.sparsity_per_layer(result.model)
+    assert result.info["pruned_layers"] == ["pw"]
+    assert measured["pw"] == pytest.approx(0.75, abs=SPARSITY_TOL)
+    assert measured["stem"] == measured["dw"] == measured["head"] == 0.0
+
+
+def test_xnnpack_policy_explains_why_a_model_does_not_fit(base, data):
+    with pytest.raises(UserError, match="policy=xnnpack does not apply to this model: .*Conv2D 3x3"):
+        prune(base, data, policy="xnnpack")

@@ -90,7 +90,7 @@ def apply(model, ctx, *, sparsity=0.5, schedule="polynomial", m_by_n="", layers=
                 base, pruning_policy=mot.sparsity.keras.PruneForLatencyOnXNNPack(), **params)
         except ValueError as exc:
             raise UserError(f"prune: policy=xnnpack does not apply to this model: {compression._first_line(exc)}") from None
-        wrapped = [l.name for l in wrapped_model.layers if isinstance(l, mot.sparsity.keras.PruneLowMagnitude)]
+        wrapped = [l.layer.name for l in wrapped_model.layers if type(l).__name__ == "PruneLowMagnitude"]
         skipped = []
     else:
         selected = compression.select_layers(base, layers=layers, skip_first=skip_first, skip_last=skip_last)
