@@ -203,14 +203,14 @@ def _number(meta, *keys):
 
 
 def _validation_ok(meta) -> Optional[bool]:
-    """The validation status a bench/export record carries: parity.ok, validation.ok or status."""
+    """The validation status a record carries: parity.ok / validation.ok (export fidelity), or a
+    status of "failed". A bare status "ok" only says the benchmark ran, so it counts as unknown."""
     for key in ("parity", "validation"):
         block = meta.get(key)
         if isinstance(block, dict) and isinstance(block.get("ok"), bool):
             return block["ok"]
-    status = meta.get("status")
-    if isinstance(status, str) and status:
-        return status == "ok"
+    if meta.get("status") == "failed":
+        return False
     return None
 
 

@@ -98,6 +98,14 @@ def test_failed_validation_is_a_regression_and_missing_fields_are_skipped():
     assert r.decision == gate.REGRESSION
 
 
+def test_a_bench_status_ok_is_not_taken_for_a_validation():
+    r = gate.decide(latencies(1.0, 50, 1), latencies(1.0, 50, 2), baseline_meta={"status": "ok"},
+                    candidate_meta={"status": "ok"})
+    assert {c.name: c.status for c in r.checks}["validation"] == "skipped"
+    r = gate.decide(latencies(1.0, 50, 1), latencies(1.0, 50, 2), candidate_meta={"status": "failed"})
+    assert {c.name: c.status for c in r.checks}["validation"] == "fail"
+
+
 def test_different_threads_or_batch_give_a_warning_check():
     r = gate.decide(latencies(1.0, 50, 1), latencies(1.0, 50, 2),
                     baseline_meta={"runtime": "litert", "threads": 1, "batch": 1},
