@@ -71,9 +71,16 @@ def build_tiny_artifacts(out_dir):
     }
 
 
+_BUILT = {}
+
+
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
-    return build_tiny_artifacts(tmp_path_factory.mktemp("tiny_models"))
+    # test_bench*.py import this fixture, which gives pytest one fixture definition per module;
+    # the module-level cache makes the (TF-importing, ~5 s) build happen once per session.
+    if "tiny" not in _BUILT:
+        _BUILT["tiny"] = build_tiny_artifacts(tmp_path_factory.mktemp("tiny_models"))
+    return _BUILT["tiny"]
 
 
 # --- loading and calling -------------------------------------------------------------------
