@@ -485,6 +485,24 @@ def _figures(report: dict):
         ax.legend(fontsize=8)
         fig.tight_layout()
         figs.append(("Accuracy vs latency", "accuracy_vs_latency", fig))
+    # A bench report keeps raw samples: show their spread, since on a shared machine the tail
+    # (p99) can be tens of times the median and a single number hides it.
+    sampled = [r for r in report.get("results", [])
+               if r.get("status", "ok") == "ok" and r.get("samples_ms")]
+    if sampled:
+        fig = Figure(figsize=(6.4, 0.6 + 0.45 * len(sampled) + 1.2), dpi=100)
+        ax = fig.add_subplot()
+        labels = [f"{os.path.basename(str(r.get('path', '')).rstrip('/'))} · {r.get('runtime')}"
+                  for r in sampled]
+        ax.boxplot([r["samples_ms"] for r in sampled], vert=False, whis=(1, 99), showfliers=False)
+        ax.set_yticks(range(1, len(sampled) + 1), labels, fontsize=8)
+        ax.invert_yaxis()  # first result on top, as in the table
+        _log_if_spread(ax, [min(r["samples_ms"]) for r in sampled] + [max(r["samples_ms"]) for r in sampled], [])
+        ax.set_xlabel("latency per call (ms); box = p25-p75, whiskers = p1-p99")
+        ax.set_title("Latency distribution")
+        ax.grid(True, axis="x", alpha=0.3)
+        fig.tight_layout()
+        figs.append(("Latency distribution (raw samples)", "latency_distribution", fig))
     return figs
 
 
@@ -512,7 +530,8 @@ def plot_pngs(report: dict) -> List[Tuple[str, bytes]]:
 
 
 def write_plots(report: dict, out_dir: str) -> List[str]:
-    """Write latency_vs_size.png and accuracy_vs_latency.png (those with points) to `out_dir`."""
+    """Write latency_vs_size.png, accuracy_vs_latency.png and (bench reports with raw samples)
+    latency_distribution.png to `out_dir`, those with something to show."""
     try:
         figs = _figures(report)
     except ImportError:

@@ -172,3 +172,12 @@ def test_bad_report_files_are_one_line_errors_with_exit_2(tmp_path, content, mes
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_bench_report_plots_the_raw_sample_distribution(bench_report, tmp_path):
+    import matplotlib.image as mpimg
+    paths = report.write_plots(bench_report, str(tmp_path))
+    # no accuracy in this bench report: size/latency and the distribution of the two ok results
+    assert [os.path.basename(p) for p in paths] == ["latency_vs_size.png", "latency_distribution.png"]
+    img = mpimg.imread(paths[1])
+    assert np.std(img[..., :3]) > 0.02
