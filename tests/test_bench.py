@@ -181,7 +181,7 @@ def test_remote_and_adb_are_exclusive(tiny):
 
 def test_accuracy_on_labelled_data_counts_top1_hits(tiny):
     """Labels = the Keras model's own top-1 on 4 images, then 2 of them made wrong: the float
-    TFLite export must score exactly 2/4, at a batch size that does not divide the set."""
+    TFLite and ONNX exports must score exactly 2/4."""
     from types import SimpleNamespace
     from optkit import bench
     x, y = tiny["oracle"]["x"], tiny["oracle"]["y"]
@@ -240,3 +240,13 @@ def test_a_runtime_that_is_not_installed_gives_a_skipped_row(tiny, tmp_path):
     tfl, onnx = json.loads(proc.stdout)["results"]
     assert tfl["status"] == "ok"
     assert onnx["status"] == "skipped" and "pip install onnxruntime" in onnx["reason"]
+
+
+def test_accuracy_in_chunks_that_do_not_divide_the_set_pads_and_drops_the_padding(tiny):
+    from optkit import bench, runner
+    x, y = tiny["oracle"]["x"], tiny["oracle"]["y"]
+    p = runner.load_predictor(tiny["onnx"], threads=1)
+    (whole,) = bench._chunks(p, [x], 3)          # chunks of 3 and 1 (padded to 3)
+    assert whole.shape == y.shape
+    np.testing.assert_allclose(whole, y, atol=1e-4)
+    assert bench.accuracy(p, x, y.argmax(1), batch=3) == 1.0
