@@ -97,25 +97,40 @@ class Pipeline:
         # Reads TF_CONFIG for the cluster; without it, a single worker (useful to test the path).
         return tf.distribute.MultiWorkerMirroredStrategy()
 
-    def load_baseline(self) -> Any:
-        """Build or load the baseline model and the data shaped for it."""
+    def load_baseline(self, *, build: bool = True) -> Any:
+        """Build or load the baseline model, and load the data shaped for it.
+
+        A zoo model takes its input size from the zoo and its class count from the data; a user's
+        model dictates both to the data. `build=False` loads only the data (the ladder builds the
+        zoo model itself) and returns None for a zoo model.
+        """
         from optkit import keras_io
 
         plan = self.plan
-        with self.scope():   # variables must be created under the strategy that trains them
-            if plan.model.startswith(plan_mod.ZOO_PREFIX):
-                from optkit import zoo
+        if plan.model.startswith(plan_mod.ZOO_PREFIX):
+            from optkit import zoo
 
-                model = zoo.build(plan.model[len(plan_mod.ZOO_PREFIX):], seed=plan.seed)
-            else:
-                model = keras_io.load(plan.model, unsafe=plan.unsafe).model
+            name = plan.model[len(plan_mod.ZOO_PREFIX):]
+            entry = next(e for e in zoo.list_models() if e.name == name)
+            self.data = self._load_data(tuple(entry.default_input_shape), None)
+            if not build:
+                return None
+            with self.scope():   # variables must be created under the strategy that trains them
+                return zoo.build(name, input_shape=tuple(self.data.input_shape),
+                                 num_classes=self.data.num_classes, seed=plan.seed)
+        with self.scope():
+            model = keras_io.load(plan.model, unsafe=plan.unsafe).model
         input_shape, num_classes = _model_io(model)
         if plan.data:
-            from optkit import data as data_mod
-
-            self.data = data_mod.load_data(plan.data, input_shape=input_shape, num_classes=num_classes,
-                                           seed=plan.seed, limit=plan.data_limit)
+            self.data = self._load_data(input_shape, num_classes)
         return model
+
+    def _load_data(self, input_shape, num_classes):
+        from optkit import data as data_mod
+
+        plan = self.plan
+        return data_mod.load_data(plan.data, input_shape=input_shape, num_classes=num_classes,
+                                  seed=plan.seed, limit=plan.data_limit)
 
     # ------------------------------------------------------------------ variants
 
@@ -181,6 +196,15 @@ class Pipeline:
         self.measure(record, model)
         self.save(record, model)
         record.artifacts = [self.export(record, model, e) for e in spec.exports]
+
+    def export_restriction(self, record: Variant) -> Optional[plan_mod.ExportSpec]:
+        """A step may say its model has one destination only (QAT: full-integer TFLite)."""
+        only = None
+        for step in record.steps:
+            info = step.get("info") or {}
+            if isinstance(info, dict) and isinstance(info.get("export"), dict) and info["export"].get("format"):
+                only = plan_mod.ExportSpec(info["export"]["format"], info["export"].get("quantize", "none"))
+        return only
 
     def variant_dir(self, record: Variant) -> str:
         path = os.path.join(self.out_dir, f"{_slug(record.name)}-{record.id[:8]}")
@@ -264,6 +288,11 @@ class Pipeline:
             module = exporters.get(spec.format)
         except UserError as exc:
             return Artifact(spec.format, None, spec.quantize, status=FAILED, reason=str(exc))
+        only = self.export_restriction(record)
+        if only is not None and (only.format, only.quantize) != (spec.format, spec.quantize):
+            step = next(s["name"] for s in reversed(record.steps) if (s.get("info") or {}).get("export"))
+            return Artifact(spec.format, None, spec.quantize, status=SKIPPED,
+                            reason=f"a {step} model exports only to {only.label}")
         from optkit import export as export_mod
 
         out = export_mod.artifact_path(self.variant_dir(record), "model", module, spec.quantize)
@@ -485,60 +514,70 @@ def _run_ladder(pipe: Pipeline) -> dict:
     from optkit import ladder
 
     plan = pipe.plan
-    model = pipe.load_baseline() if not plan.model.startswith(plan_mod.ZOO_PREFIX) else None
+    model = pipe.load_baseline(build=False)
     target = model if model is not None else plan.model[len(plan_mod.ZOO_PREFIX):]
-    if pipe.data is None:
-        from optkit import data as data_mod, zoo
-
-        probe = zoo.build(target, seed=plan.seed)
-        shape, classes = _model_io(probe)
-        pipe.data = data_mod.load_data(plan.data, input_shape=shape, num_classes=classes,
-                                       seed=plan.seed, limit=plan.data_limit)
+    if plan.strategy:
+        pipe.notes.append(f"--strategy {plan.strategy}: the ladder compares training speed on one device "
+                          "and does not distribute; the strategy applies to steps and baseline training")
+    extra = {"probe_steps": 4} if plan.tiny else {}
     result = ladder.run_ladder(target, pipe.data, epochs=plan.epochs, batch_size=plan.batch_size,
-                               progress=pipe.progress, workdir=pipe.out_dir)
+                               progress=pipe.progress, workdir=pipe.out_dir, seed=plan.seed,
+                               log=lambda msg: _log(f"ladder: {msg}"), **extra)
     return _adopt_ladder(pipe, result)
 
 
 def _adopt_ladder(pipe: Pipeline, result: dict) -> dict:
-    """Give the ladder's variants plan ids (baseline id, then hash(parent, step, options)) and export."""
+    """Give the ladder's variants plan ids and export the baseline and the final rung.
+
+    Ids follow the plan's rule: Naive is the plan's baseline; a rung's id chains
+    hash(parent id, step, options) over the steps it adds to its parent (the speed rungs all
+    start from Separable, so their parent is Separable, as the ladder records).
+    """
     from optkit import keras_io
 
     plan = pipe.plan
-    parent = plan.baseline
-    ladder_variants = result.get("variants", [])
-    for i, v in enumerate(ladder_variants):
-        if i == 0:
-            spec = parent
+    by_ladder_id: Dict[str, plan_mod.VariantSpec] = {}
+    steps_of: Dict[str, list] = {}
+    for v in result.get("variants", []):
+        steps = [s if isinstance(s, dict) else {"name": str(s)} for s in v.get("steps", [])]
+        parent = by_ladder_id.get(v.get("parent")) if v.get("parent") else None
+        if parent is None:
+            spec = plan_mod.VariantSpec(plan.baseline.id, v["name"], None, exports=[])
         else:
-            new_steps = v.get("steps", [])[len(ladder_variants[i - 1].get("steps", [])):] or [{"name": v["name"]}]
-            step = new_steps[-1] if isinstance(new_steps[-1], dict) else {"name": str(new_steps[-1])}
-            spec = plan_mod.child(parent, plan_mod.PlanStep(step.get("name", v["name"]),
-                                                            dict(step.get("options", {}))),
-                                  name=v["name"], exports=[])
-        record = Variant(id=spec.id, name=v["name"], parent=parent.id if i else None,
-                         steps=[s if isinstance(s, dict) else {"name": s} for s in v.get("steps", [])],
+            spec = parent
+            for s in steps[len(steps_of[parent.id]):]:
+                spec = plan_mod.child(spec, plan_mod.PlanStep(s.get("name", "?"), dict(s.get("options") or {})),
+                                      name=v["name"], exports=[])
+            spec = plan_mod.VariantSpec(spec.id, v["name"], parent.id, spec.step, exports=[])
+        by_ladder_id[v.get("id")] = spec
+        steps_of[spec.id] = steps
+        record = Variant(id=spec.id, name=v["name"], parent=spec.parent, steps=steps,
                          path=v.get("path"), params=v.get("params"), accuracy=v.get("accuracy"),
                          train_time_per_epoch_s=v.get("train_time_per_epoch_s"),
                          inference_ms_per_step=v.get("inference_ms_per_step"),
                          status=v.get("status", OK), reason=v.get("reason", ""),
-                         details=dict(v.get("details", {}), ladder_id=v.get("id")))
+                         details=dict(v.get("details") or {}, ladder_id=v.get("id"),
+                                      size_bytes=v.get("size_bytes")))
+        if record.path and os.path.exists(record.path):   # one folder per variant: move it there
+            moved = os.path.join(pipe.variant_dir(record), "model.keras")
+            os.replace(record.path, moved)
+            record.path = moved
         pipe.records[spec.id] = record
         pipe.specs[spec.id] = spec
-        parent = spec
     pipe.notes.extend(result.get("notes", []))
-    # Exports: the baseline and the last model of the ladder (speed settings change training,
-    # not the deployed graph, so the final rung is the one to ship).
+    # Exports: the baseline and the last rung that trained (the "tuned" one: trained with the
+    # settings that helped here; speed settings change training, not the deployed graph).
     records = list(pipe.records.values())
-    targets = [records[0]] + ([records[-1]] if len(records) > 1 else [])
+    done = [r for r in records if r.status == OK]
+    targets = ([records[0]] if records else []) + ([done[-1]] if len(done) > 1 else [])
     for record in targets:
-        model = None
-        if record.path and os.path.exists(record.path):
-            model = keras_io.load(record.path).model
-        if model is None:
+        if not (record.path and os.path.exists(record.path)):
             record.artifacts = [Artifact(e.format, None, e.quantize, status=FAILED,
                                          reason="the ladder did not save this variant's model")
                                 for e in plan.baseline.exports]
             continue
+        model = keras_io.load(record.path).model
+        pipe.specs[record.id].exports = list(plan.baseline.exports)
         record.artifacts = [pipe.export(record, model, e) for e in plan.baseline.exports]
     return {"ladder": {k: v for k, v in result.items() if k not in ("variants", "env", "schema")}}
 

@@ -77,6 +77,8 @@ def run(pipe) -> dict:
                 if stopped:
                     break
                 export = plan_mod.ExportSpec.parse(label)
+                if export in base_spec.exports:     # already asked for with --to
+                    continue
                 tried += 1
                 base_spec.exports.append(export)
                 baseline.artifacts.append(pipe.export(baseline, pipe.models[base_spec.id], export))
