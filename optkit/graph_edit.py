@@ -229,7 +229,4 @@ def _carry_training_config(old, new):
     # Speed settings ride on the model object (optkit.train); a rewrite must not drop them.
     from optkit import train
 
-    recorded = getattr(old, train._ATTR, None)
-    if recorded is not None:
-        train.set_training_config(new, jit_compile=recorded.jit_compile,
-                                  steps_per_execution=recorded.steps_per_execution)
+    train.copy_training_config(old, new)

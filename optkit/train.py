@@ -38,6 +38,10 @@ class TrainingConfig:
     jit_compile: bool = False
     steps_per_execution: int = 1
     mixed_precision: Optional[str] = None     # "mixed_float16" | "mixed_bfloat16" | None (float32)
+    # CPU settings fixed when TensorFlow starts (oneDNN) or its runtime initialises (threads): `fit`
+    # cannot change them in a running process; they are recorded so a launcher can (optkit.steps.speed).
+    onednn: Optional[bool] = None
+    intra_op_threads: Optional[int] = None
 
     def to_json(self):
         return dataclasses.asdict(self)
@@ -100,6 +104,16 @@ def saved_training_config(path) -> Dict[str, Any]:
     except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
         return {}
     return {k: compile_config[k] for k in ("jit_compile", "steps_per_execution") if k in compile_config}
+
+
+def copy_training_config(source, target) -> None:
+    """Carry the recorded speed settings from `source` to a rebuilt/cloned `target` (AMP travels
+    in the layers themselves)."""
+    recorded = getattr(source, _ATTR, None)
+    if isinstance(recorded, TrainingConfig):
+        fields = dataclasses.asdict(recorded)
+        fields.pop("mixed_precision")
+        set_training_config(target, **fields)
 
 
 def set_training_config(model, **changes) -> TrainingConfig:
@@ -170,17 +184,9 @@ def fit(model, data, *, epochs: int, batch_size: int = 32, learning_rate: Option
     if spe < 1:
         raise UserError(f"steps_per_execution must be >= 1, got {spe}")
 
-    scope = strategy.scope() if strategy is not None else _nullcontext()
-    with scope:
-        optimizer, loss, loss_scaling = _optimizer_and_loss(model, K, flavour, x, keep_compile,
-                                                            learning_rate, config.mixed_precision)
-        compile_kwargs = dict(optimizer=optimizer, loss=loss, metrics=["accuracy"],
-                              jit_compile=jit, steps_per_execution=spe)
-        if flavour == "keras3":
-            # We scale the loss ourselves (float16 only); bfloat16 has float32's range and needs none.
-            compile_kwargs["auto_scale_loss"] = False
-        model.compile(**compile_kwargs)
-    set_training_config(model, jit_compile=jit, steps_per_execution=spe)
+    optimizer, loss_scaling = _compile(model, K, flavour, x, keep_compile=keep_compile,
+                                       learning_rate=learning_rate, jit=jit, spe=spe,
+                                       policy=config.mixed_precision, strategy=strategy)
 
     timer = _epoch_timer(K)
     cbs = [timer, *callbacks]
@@ -210,6 +216,37 @@ def fit(model, data, *, epochs: int, batch_size: int = 32, learning_rate: Option
     return TrainResult(epoch_times_s=times, time_per_epoch_s=per_epoch, time_per_epoch_note=note,
                        history={k: [float(v) for v in vs] for k, vs in history.history.items()},
                        val_accuracy=val_acc, epochs_run=len(times), settings=settings)
+
+
+def compile_with_settings(model, *, learning_rate: Optional[float] = None) -> TrainingConfig:
+    """Compile `model` the way `fit` would, with the speed settings it carries, without training.
+
+    Used by the speed steps so a model saved right after them records `jit_compile` and
+    `steps_per_execution` in its compile config. The loss is chosen from the model's output on
+    random inputs (probabilities or logits)."""
+    config = training_config(model)
+    flavour = keras_io.flavour_of(model)
+    K = keras_io.keras3() if flavour == "keras3" else keras_io.tf_keras()
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    probe = np.random.default_rng(0).random((4,) + shape, dtype=np.float32)
+    _compile(model, K, flavour, probe, keep_compile=False, learning_rate=learning_rate,
+             jit=config.jit_compile, spe=config.steps_per_execution, policy=config.mixed_precision)
+    return config
+
+
+def _compile(model, K, flavour, x, *, keep_compile, learning_rate, jit, spe, policy, strategy=None):
+    scope = strategy.scope() if strategy is not None else _nullcontext()
+    with scope:
+        optimizer, loss, loss_scaling = _optimizer_and_loss(model, K, flavour, x, keep_compile,
+                                                            learning_rate, policy)
+        compile_kwargs = dict(optimizer=optimizer, loss=loss, metrics=["accuracy"],
+                              jit_compile=jit, steps_per_execution=spe)
+        if flavour == "keras3":
+            # We scale the loss ourselves (float16 only); bfloat16 has float32's range and needs none.
+            compile_kwargs["auto_scale_loss"] = False
+        model.compile(**compile_kwargs)
+    set_training_config(model, jit_compile=jit, steps_per_execution=spe)
+    return optimizer, loss_scaling
 
 
 def evaluate(model, x, y, batch_size: int = 32) -> float:
