@@ -122,12 +122,6 @@ class Predictor(object):
                 os.path.basename(self.path), len(self.inputs),
                 ", ".join(s.name for s in self.inputs), len(arrays)))
 
-    def describe(self):
-        return {"runtime": self.runtime, "backend": self.backend,
-                "backend_version": self.backend_version, "threads": self.threads,
-                "inputs": [s.to_json() for s in self.inputs],
-                "outputs": [s.to_json() for s in self.outputs]}
-
 
 def _import_interpreter(which=None):
     """The TFLite Interpreter class: ai_edge_litert, else tflite_runtime, else tf.lite."""
@@ -476,9 +470,19 @@ def bench_loaded(load, path, batch=1, warmup=10, min_time=1.0, min_runs=20, max_
         "batch": int(batch), "load_ms": load_ms, "cold_ms": cold_ms, "warmup": int(warmup),
         "latency_ms": stats, "samples_ms": samples, "peak_rss_mb": peak,
         "peak_rss_source": rss.source, "size_bytes": size, "gzip_bytes": gz,
+        "inputs": [_spec_json(s) for s in predictor.inputs],
+        "outputs": [_spec_json(s) for s in predictor.outputs],
         "status": "ok", "reason": "",
     }
     return result, predictor, x
+
+
+def _spec_json(spec):
+    # Predictors from elsewhere (exporters) may hand back plain (name, shape, dtype) tuples.
+    if isinstance(spec, TensorSpec):
+        return spec.to_json()
+    name, shape, dtype = tuple(spec)[:3]
+    return {"name": name, "shape": list(shape), "dtype": str(dtype), "quantization": None}
 
 
 def bench_file(path, runtime=None, threads=None, batch=1, warmup=10, min_time=1.0,

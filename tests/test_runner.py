@@ -210,6 +210,7 @@ def test_runner_file_runs_alone_with_no_optkit_and_prints_bench_json(tiny, tmp_p
     assert result["load_ms"] > 0 and result["cold_ms"] > 0 and result["peak_rss_mb"] > 0
     assert result["size_bytes"] > result["gzip_bytes"] > 0
     assert result["env"]["python"] and result["env"]["cores"] >= 1
+    assert result["inputs"][0]["shape"] == [None, 8, 8, 3] and result["inputs"][0]["dtype"] == "float32"
 
 
 def test_runner_cli_reports_a_bad_file_on_one_line_with_exit_2(tmp_path):
