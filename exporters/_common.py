@@ -127,14 +127,17 @@ def batches(arrays: Sequence[np.ndarray], size: int):
 
 @contextlib.contextmanager
 def quiet_stdout():
-    """Send what converters print on stdout ("Saved artifact at ...") to stderr instead.
+    """Swallow what converters print from Python while they run.
 
-    `optkit ... --json` promises machine-readable stdout; Keras' export and coremltools print
-    progress there. Python-level only: C++ converters already write to stderr.
+    Keras' export prints "Saved artifact at ..." and one line per captured variable on stdout
+    (hundreds for a MobileNet), coremltools draws progress bars on stderr: `--json` promises
+    clean stdout and the CLI promises one-line messages. Errors still arrive as exceptions.
+    C++ logging (TF, LiteRT) is not Python output and is governed by TF_CPP_MIN_LOG_LEVEL.
     """
-    import sys
+    import io
 
-    with contextlib.redirect_stdout(sys.stderr):
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         yield
 
 

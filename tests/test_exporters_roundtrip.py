@@ -38,9 +38,11 @@ def _keras3_residual():
     x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
     y = keras.layers.Conv2D(8, 3, padding="same")(x)
     x = keras.layers.ReLU()(keras.layers.Add()([x, y]))
-    x = keras.layers.GlobalAveragePooling2D()(x)
+    # Flatten, not global pooling: averaging random-noise images gives every input the same
+    # features, and the oracle would predict one class for everything.
+    x = keras.layers.Flatten()(keras.layers.MaxPooling2D()(x))
     outputs = keras.layers.Dense(10, activation="softmax",
-                                 kernel_initializer=keras.initializers.RandomNormal(stddev=1.0, seed=1))(x)
+                                 kernel_initializer=keras.initializers.RandomNormal(stddev=0.3, seed=1))(x)
     return keras.Model(inputs, outputs, name="residual")
 
 
@@ -74,9 +76,22 @@ MODELS = {"sequential": _keras3_sequential, "residual": _keras3_residual, "tf_ke
           "tf_keras_two_outputs": lambda: _two_outputs(keras_io.tf_keras())}
 
 
+def _assert_decisive(model):
+    """Guard against a vacuous oracle: an untrained deep net can output the same probabilities
+    for every input (MobileNetV2's logits collapse to ~1e-11), and then every artifact "matches"."""
+    x = np.random.default_rng(7).uniform(size=(32,) + tuple(model.inputs[0].shape[1:])).astype(np.float32)
+    out = keras_io.predict(model, x)
+    probs = out[0] if isinstance(out, list) else out
+    assert probs.max(-1).mean() > 0.15, "model outputs are near-uniform: a useless oracle"
+    assert len(set(probs.argmax(-1).tolist())) >= 2, "model predicts one class for every input"
+
+
 @pytest.fixture(scope="module")
 def models():
-    return {name: build() for name, build in MODELS.items()}
+    built = {name: build() for name, build in MODELS.items()}
+    for model in built.values():
+        _assert_decisive(model)
+    return built
 
 
 def _expect_ok(art):
@@ -280,7 +295,19 @@ def test_mobilenetv2_round_trips(tmp_path, fmt, mobilenet):
 def mobilenet():
     keras = keras_io.keras3()
     keras.utils.set_random_seed(0)
-    return keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10)
+    model = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10)
+    # Fresh BatchNorm statistics (mean 0, variance 1) let activations shrink layer after layer
+    # until the logits are ~1e-11 and every input gives 0.1 everywhere. Set each BN's moving
+    # statistics to the batch statistics of one training-mode pass (momentum 0), as a short
+    # training run would, so the model's outputs depend on its input.
+    norms = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    for layer in norms:
+        layer.momentum = 0.0
+    model(np.random.default_rng(5).uniform(size=(64, 32, 32, 3)).astype(np.float32), training=True)
+    for layer in norms:
+        layer.momentum = 0.99
+    _assert_decisive(model)
+    return model
 
 
 # -- the CLI -------------------------------------------------------------------------------
