@@ -47,7 +47,23 @@ def default_out_dir() -> str:
 
 
 def _log(message: str) -> None:
-    print(f"optkit: {message}", file=sys.stderr, flush=True)
+    try:   # tqdm.write keeps an active progress bar intact
+        from tqdm import tqdm
+
+        tqdm.write(f"optkit: {message}", file=sys.stderr)
+    except ImportError:
+        print(f"optkit: {message}", file=sys.stderr, flush=True)
+
+
+def _bar(total: Optional[int], desc: str, enabled: bool):
+    """A tqdm bar on stderr (stdout is for the table or --json); None without tqdm."""
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="artifact", file=sys.stderr, leave=False)
 
 
 def _slug(name: str) -> str:
@@ -79,6 +95,7 @@ class Pipeline:
         self.threads = None
         self.notes: List[str] = []
         self.started = time.perf_counter()
+        self.bar = None   # progress over export + validation + benchmark
 
     # ------------------------------------------------------------------ set-up
 
@@ -300,10 +317,12 @@ class Pipeline:
         # export_one handles unavailable formats/precisions (skipped) and validates with optkit.parity.
         artifact = export_mod.export_one(module, model, out, quantize=spec.quantize, data=self.data,
                                          threads=self.threads)
+        if artifact.status == OK:
+            self.bench_artifact(module, artifact, evaluate=evaluate)
         if artifact.status != OK:
             _log(f"  {spec.label}: {artifact.status}: {artifact.reason}")
-            return artifact
-        self.bench_artifact(module, artifact, evaluate=evaluate)
+        if self.bar is not None:
+            self.bar.update(1)
         return artifact
 
     def bench_artifact(self, module, artifact: Artifact, *, evaluate: bool = True) -> None:
@@ -476,6 +495,24 @@ def run(plan: plan_mod.Plan, out_dir: str, *, progress: bool = True) -> dict:
     keras_io.tf()   # TensorFlow from here on; its own logs are quieted by keras_io
     pipe.threads = runner.default_threads()   # set explicitly and recorded: comparisons stay fair
     pipe.strategy = pipe.make_strategy()
+    if plan.mode == "search" and not plan.search.explored:
+        total = None   # the search decides as it goes
+    elif plan.mode == "ladder":
+        total = 2 * len(plan.baseline.exports)
+    else:
+        total = sum(len(v.exports) for v in plan.variants)
+    pipe.bar = _bar(total, "export, validate, bench", progress)
+    try:
+        extra = _run_mode(pipe, plan, plan_path, progress)
+    finally:
+        if pipe.bar is not None:
+            pipe.bar.close()
+    report = pipe.report(started, extra)
+    write_report(report, out_dir)
+    return report
+
+
+def _run_mode(pipe: Pipeline, plan: plan_mod.Plan, plan_path: str, progress: bool) -> dict:
     extra = {}
     if plan.mode == "ladder":
         extra = _run_ladder(pipe)
@@ -504,9 +541,7 @@ def run(plan: plan_mod.Plan, out_dir: str, *, progress: bool = True) -> dict:
                 from optkit import search
 
                 extra = {"search": search.mark(pipe, replayed=True)}
-    report = pipe.report(started, extra)
-    write_report(report, out_dir)
-    return report
+    return extra
 
 
 def _run_ladder(pipe: Pipeline) -> dict:
@@ -591,8 +626,32 @@ def write_report(report: dict, out_dir: str) -> None:
         report_mod.write_plots(report, out_dir)
     except Exception as exc:  # noqa: BLE001 - a plot must not lose the run's numbers
         _log(f"plots failed: {_reason(exc)}")
-    for fmt in ("md", "html"):
-        _atomic_text(os.path.join(out_dir, f"report.{fmt}"), report_mod.render(report, fmt))
+    # The search result and the run's notes are optimize's own sections, added after the shared
+    # rendering (optkit.report renders the variants table and the plots).
+    lines = _extra_lines(report)
+    md = report_mod.render(report, "md")
+    if lines:
+        md = md.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
+    _atomic_text(os.path.join(out_dir, "report.md"), md)
+    page = report_mod.render(report, "html")
+    if lines:
+        import html as html_mod
+
+        section = "<section id=\"optimize\"><pre>" + html_mod.escape("\n".join(lines)) + "</pre></section>"
+        at = page.rfind("</body>")
+        page = page[:at] + section + page[at:] if at >= 0 else page + section
+    _atomic_text(os.path.join(out_dir, "report.html"), page)
+
+
+def _extra_lines(report: dict) -> List[str]:
+    lines = []
+    if report.get("search"):
+        lines += ["## Search", ""] + [f"- {line}" for line in _search_summary(report["search"]).splitlines()] + [""]
+    if report.get("notes"):
+        lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
+    if report.get("failures"):
+        lines += ["## Failed", ""] + [f"- {f}" for f in report["failures"]] + [""]
+    return lines
 
 
 def _atomic_text(path: str, text: str) -> None:
