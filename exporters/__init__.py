@@ -5,9 +5,10 @@ A module in this package is an exporter when it defines:
     NAME          the format name users type (`--to NAME`)
     SUFFIX        what the artifact path ends with (".tflite"; a directory format ends without a dot)
     PRECISIONS    the `quantize` values it supports ("none", "dynamic", "float16", "int8")
-    available()   -> (bool, reason): can this machine export AND run it?
+    available()   -> (bool, reason): can this machine write the artifact? (False = `skipped: reason`)
     export(model, out_path, *, quantize="none", data=None, **options) -> dict of details
-    load(path, *, threads=None, **options) -> a Predictor (float32 numpy in, list of numpy out)
+    load(path, *, threads=None, **options) -> a Predictor (float32 numpy in, list of numpy out);
+                  raises optkit.errors.Unavailable where it cannot run (Core ML off macOS)
 
 and optionally `NAMES_OUTPUTS = True` when the artifact itself stores the output names
 `output_0, output_1, ...` (then validation checks them).

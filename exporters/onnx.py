@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 from exporters import _common
-from optkit.errors import UserError
+from optkit.errors import Unavailable, UserError
 
 NAME = "onnx"
 SUFFIX = ".onnx"
@@ -156,6 +156,8 @@ def load(path, *, threads=None, providers=None, **options):
 
     try:
         return runner.load_predictor(os.fspath(path), runtime="onnxruntime", threads=threads, providers=providers)
+    except runner.RuntimeMissing as exc:   # the runtime is not installed here: skipped, not failed
+        raise Unavailable(str(exc)) from None
     except runner.RunnerError as exc:
         raise UserError(str(exc)) from None
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from exporters import _common
-from optkit.errors import UserError
+from optkit.errors import Unavailable, UserError
 from optkit.runner import Predictor
 
 NAME = "tflite"
@@ -117,6 +117,8 @@ def load(path, *, threads=None, runtime=None, **options):
 
     try:
         predictor = runner.load_predictor(os.fspath(path), runtime=runtime, threads=threads)
+    except runner.RuntimeMissing as exc:   # the runtime is not installed here: skipped, not failed
+        raise Unavailable(str(exc)) from None
     except runner.RunnerError as exc:
         raise UserError(str(exc)) from None
     order = _signature_output_order(predictor)

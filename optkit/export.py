@@ -15,11 +15,7 @@ A failure in one format never stops the others.
 """
 from __future__ import annotations
 
-import gzip
-import io
 import os
-import shutil
-import tarfile
 from typing import Any, Dict, Iterable, List, Optional
 
 from optkit import parity as parity_mod
@@ -166,34 +162,8 @@ def _stem(model):
 
 
 def sizes(path):
-    """(bytes on disk, bytes after gzip -9) of a file, or of a directory as a tar stream.
+    """(bytes on disk, bytes after gzip -9): optkit.runner.file_sizes, the one implementation that
+    bench and the compression steps use too, so sizes agree across reports."""
+    from optkit.runner import file_sizes
 
-    The gzip size is what a download or an app bundle actually costs, and the only size that
-    shows what pruning and clustering bought (their raw files are as large as the original).
-    """
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raw = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=9) as tar:
-            tar.add(path, arcname=os.path.basename(path))
-        return raw, buf.tell()
-    raw = os.path.getsize(path)
-    counter = _CountingWriter()
-    with open(path, "rb") as src, gzip.GzipFile(fileobj=counter, mode="wb", compresslevel=9, mtime=0) as gz:
-        shutil.copyfileobj(src, gz, 1 << 20)
-    return raw, counter.n
-
-
-class _CountingWriter(io.RawIOBase):
-    """A sink that counts bytes: gzip sizes without holding a large artifact in memory."""
-
-    def __init__(self):
-        self.n = 0
-
-    def writable(self):
-        return True
-
-    def write(self, b):
-        self.n += len(b)
-        return len(b)
+    return file_sizes(os.fspath(path))

@@ -336,6 +336,24 @@ def test_cli_export_json_lists_validated_artifacts(keras_file, tmp_path):
         assert a["gzip_bytes"] > 0 and set(a) >= {"size_bytes", "reason", "latency_ms", "accuracy"}
 
 
+def test_cli_data_calibrates_and_validates_int8(keras_file, tmp_path):
+    pytest.importorskip("optkit.data", reason="optkit.data (the --data loader) is not in this build yet")
+    from click.testing import CliRunner
+    from optkit.cli import cli
+
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "data.npz"
+    np.savez(npz, x=rng.uniform(0, 255, size=(60,) + INPUT).astype(np.uint8), y=rng.integers(0, 10, size=60))
+    result = CliRunner().invoke(cli, ["export", keras_file, "--to", "tflite", "--quantize", "int8",
+                                      "--data", str(npz), "-o", str(tmp_path / "out"), "--json"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (art,) = json.loads(result.stdout)["artifacts"]
+    assert art["status"] == "ok"
+    assert "random" not in art["details"]["calibration_source"]
+    assert "random" not in art["details"]["validation_source"]
+
+
 def test_cli_table_output(keras_file, tmp_path):
     from click.testing import CliRunner
     from optkit.cli import cli
