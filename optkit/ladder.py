@@ -211,7 +211,7 @@ def run_ladder(model_or_zoo_name, data, *, epochs: int = 2, batch_size: int = 32
         result = train.fit(model, data, epochs=epochs, batch_size=batch_size, progress=progress, seed=seed)
         jit = train.training_config(model).jit_compile
         path = os.path.join(out_dir, f"{key}.keras")
-        keras_io.save(model, path)
+        _save_for_shipping(model, path)
         record = {
             "id": _variant_id(steps), "name": name, "parent": parent, "steps": steps,
             "params": int(model.count_params()),
@@ -312,6 +312,15 @@ def run_ladder(model_or_zoo_name, data, *, epochs: int = 2, batch_size: int = 32
     notes.append(f"kept: {', '.join(kept) if kept else 'none of jit/amp/fusing'}"
                  + (f"; oneDNN {'on' if onednn['keep'] else 'off'}" if onednn and onednn.get("keep") is not None else ""))
     return _report(variants, notes, probes, onednn)
+
+
+def _save_for_shipping(model, path):
+    """Save the weights and the training settings, not Adam's moment estimates: those would triple
+    the file (and the size row) and mean nothing to whoever deploys the model."""
+    copy = keras_io.clone(model)
+    train.copy_training_config(model, copy)
+    train.compile_with_settings(copy)     # fresh optimizer: the compile config records jit/fusing
+    keras_io.save(copy, path)
 
 
 def _speed_copy(model, cfg, policy):
