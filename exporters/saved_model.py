@@ -1,8 +1,9 @@
 """TensorFlow SavedModel: the serving function of a Keras model, with its `serving_default`
 signature (inputs named after the model's inputs, outputs output_0..n).
 
-Saved with `tf.saved_model.save` of a module that holds the model (so its variables are tracked)
-and the named serving function, the same for Keras 3 and tf_keras models. Loading runs the
+Keras 3 models are written by Keras' own `model.export`; tf_keras models and plain SavedModels
+with `tf.saved_model.save` of a module holding the model (so its variables are tracked) and the
+named serving function. Loading runs the
 serving signature through TensorFlow: this format is for TF Serving / TF runtimes, not devices.
 """
 from __future__ import annotations
@@ -36,13 +37,22 @@ def export(model, out_path, *, quantize="none", data=None, **options):
     from optkit import keras_io
 
     tf = keras_io.tf()
-    _, concrete, _ = _common.named_serving_function(model)
-    holder = tf.Module()
-    # Attribute assignment makes tf.Module track the model's variables, so they are saved.
-    holder.model = model.loaded if isinstance(model, keras_io.SavedModelCallable) else model
+    flavour = keras_io.flavour_of(model)
     with _common.atomic_output(out_path) as tmp:
-        tf.saved_model.save(holder, tmp, signatures={"serving_default": concrete})
-    return {"converter": "tf.saved_model.save", "signature": "serving_default"}
+        if flavour == keras_io.KERAS3:
+            # Keras 3's own exporter: tf.saved_model.save of a Keras 3 model writes a SavedModel that
+            # serves correctly but that TFLiteConverter.from_saved_model turns into NaNs when it
+            # has BatchNormalization (measured; model.export's does not). Outputs: output_0..n.
+            model.export(tmp, format="tf_saved_model", verbose=False)
+            how = "keras.Model.export(format='tf_saved_model')"
+        else:
+            _, concrete, _ = _common.named_serving_function(model)
+            holder = tf.Module()
+            # Attribute assignment makes tf.Module track the model's variables, so they are saved.
+            holder.model = model.loaded if isinstance(model, keras_io.SavedModelCallable) else model
+            tf.saved_model.save(holder, tmp, signatures={"serving_default": concrete})
+            how = "tf.saved_model.save (named serving function)"
+    return {"converter": how, "signature": "serving_default", "source_flavour": flavour}
 
 
 def _natural(name):

@@ -227,6 +227,14 @@ def test_coreml_int8_compresses_weights(models, tmp_path):
     assert any(op.startswith("constexpr") for op in art.details["ops"]), art.details["ops"]
 
 
+def test_coreml_palettize_and_prune_options(models, tmp_path):
+    (art,) = export_model(models["residual"], "coreml", tmp_path,
+                          options={"coreml": {"palettize_bits": 4, "prune_sparsity": 0.5, "weight_threshold": 64}})
+    assert art.status == "ok", art.reason
+    assert art.details["palettized_bits"] == 4 and art.details["pruned_sparsity"] == 0.5
+    assert any("lut" in op or "sparse" in op for op in art.details["ops"]), art.details["ops"]
+
+
 @pytest.mark.skipif(platform.system() != "Darwin", reason="needs macOS (Core ML prediction)")
 def test_coreml_predicts_like_keras_on_macos(models, tmp_path):
     (art,) = export_model(models["residual"], "coreml", tmp_path)
@@ -239,6 +247,15 @@ def test_saved_model_serves_named_signature(models, tmp_path):
     predictor = exporters.get("saved_model").load(art.path)
     assert [s.name for s in predictor.inputs] == ["image"]
     assert [s.name for s in predictor.outputs] == ["output_0"]
+
+
+def test_a_saved_model_directory_exports_again(models, tmp_path):
+    """A SavedModel that is not a Keras model (keras_io loads it as a callable) still exports."""
+    (sm,) = export_model(models["sequential"], "saved_model", tmp_path / "a")
+    source = keras_io.load(sm.path)
+    assert source.flavour == keras_io.SAVED_MODEL
+    artifacts = export_model(source.model, "tflite,onnx,saved_model", tmp_path / "b", stem="again")
+    assert [(a.format, a.status) for a in artifacts] == [("tflite", "ok"), ("onnx", "ok"), ("saved_model", "ok")]
 
 
 def test_keras_artifact_from_tf_keras_loads_in_plain_keras3(models, tmp_path):
