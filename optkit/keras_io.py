@@ -411,6 +411,18 @@ def _tfk_config_to_k3(config, custom=None):
     differently."""
     keras = keras3()
     custom = custom or {}
+    # The mirror of _k3_functional's shift: Keras 3 numbers a nested model's first call node 0.
+    nested = {l["name"] for l in config.get("layers", []) if l.get("class_name") in ("Functional", "Model", "Sequential")}
+    if nested:
+        for layer in config["layers"]:
+            for node in layer.get("inbound_nodes", []):
+                for ref in node:
+                    if isinstance(ref, list) and ref and ref[0] in nested and ref[1] > 0:
+                        ref[1] -= 1
+        for key in ("input_layers", "output_layers"):
+            for ref in config.get(key, []):
+                if isinstance(ref, list) and ref and ref[0] in nested and ref[1] > 0:
+                    ref[1] -= 1
     for layer in config.get("layers", []):
         class_name, cfg = layer.get("class_name"), layer.get("config", {})
         if "layers" in cfg:
@@ -482,11 +494,14 @@ def _k3_model_config_to_tfk(model):
 
 
 def _k3_functional(config):
+    # tf_keras counts a nested model's own Input->output node as node 0, so references to a nested
+    # model's outputs are one higher than Keras 3's (tf_keras functional._should_skip_first_node).
+    nested = {l["name"] for l in config["layers"] if l["class_name"] in ("Functional", "Model", "Sequential")}
     return {
         "name": config["name"],
         "trainable": config.get("trainable", True),
-        "layers": [_k3_op(l) if str(l.get("module", "")).startswith("keras.src.ops.")
-                   else dict(_k3_layer(l), name=l["name"], inbound_nodes=[_k3_node(n) for n in l["inbound_nodes"]])
+        "layers": [_k3_op(l, nested) if str(l.get("module", "")).startswith("keras.src.ops.")
+                   else dict(_k3_layer(l), name=l["name"], inbound_nodes=[_k3_node(n, nested) for n in l["inbound_nodes"]])
                    for l in config["layers"]],
         "input_layers": _k3_refs(config["input_layers"]),
         "output_layers": _k3_refs(config["output_layers"]),
@@ -528,7 +543,7 @@ def _k3_only_activations():
             "leaky_relu": leaky_relu, "log_softmax": log_softmax}
 
 
-def _k3_node(node):
+def _k3_node(node, nested=frozenset()):
     args, kwargs = node.get("args", []), node.get("kwargs", {})
     tensors = args[0] if args and isinstance(args[0], (list, tuple)) else args[:1]
     if len(args) > 1:
@@ -539,11 +554,11 @@ def _k3_node(node):
         if not (isinstance(t, dict) and t.get("class_name") == "__keras_tensor__"):
             raise UserError("a layer called on a constant cannot be converted to tf_keras")
         name, node_index, tensor_index = t["config"]["keras_history"]
-        refs.append([name, node_index, tensor_index, call_kwargs])
+        refs.append([name, node_index + (name in nested), tensor_index, call_kwargs])
     return refs
 
 
-def _k3_op(layer):
+def _k3_op(layer, nested):
     """A Keras 3 functional graph records `x + 3` or `a + b` as bare operations, which tf_keras
     has no class for. Arithmetic with a constant becomes a Rescaling layer (x*scale + offset,
     present in both flavours, so the way back needs nothing); tensor with tensor becomes the
@@ -553,7 +568,7 @@ def _k3_op(layer):
     args = node["args"]
     is_tensor = [isinstance(a, dict) and a.get("class_name") == "__keras_tensor__" for a in args]
     if len(args) == 2 and all(is_tensor) and op in ("Add", "Multiply", "Subtract"):
-        inbound = _k3_node({"args": [args], "kwargs": {}})
+        inbound = _k3_node({"args": [args], "kwargs": {}}, nested)
         return {"class_name": op, "config": {"name": name, "trainable": True, "dtype": "float32"},
                 "name": name, "inbound_nodes": [inbound]}
     if len(args) == 2 and sum(is_tensor) == 1 and isinstance(args[1 - is_tensor.index(True)], (int, float)):
@@ -568,7 +583,7 @@ def _k3_op(layer):
         }.get(op)
         if scale_offset is not None:
             tensor = args[0] if tensor_first else args[1]
-            inbound = _k3_node({"args": [tensor], "kwargs": {}})
+            inbound = _k3_node({"args": [tensor], "kwargs": {}}, nested)
             return {"class_name": "Rescaling",
                     "config": {"name": name, "trainable": True, "dtype": "float32",
                                "scale": scale_offset[0], "offset": scale_offset[1]},
