@@ -317,3 +317,38 @@ def test_graph_edit_can_replace_a_layer_by_a_chain(keras):
     ref = keras.Model(model.input, [model.get_layer("stem").output, model.get_layer("branch").output])
     stem, branch = ref.predict(x, verbose=0)
     np.testing.assert_allclose(inner.predict(x, verbose=0), stem + np.maximum(branch, 0), rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- from the CLI
+
+@pytest.mark.slow
+def test_optimize_cli_applies_rewrites_then_speed_settings(tmp_path, keras):
+    import json
+
+    from click.testing import CliRunner
+
+    from optkit.cli import cli
+
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((16, 16, 3)), L.Conv2D(8, 3, activation="relu"),
+                              L.Conv2D(16, 3, activation="relu"), L.MaxPooling2D(), L.Flatten(), L.Dense(4)])
+    model_path, data_path = str(tmp_path / "naive.keras"), str(tmp_path / "d.npz")
+    keras_io.save(model, model_path)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 200)
+    np.savez(data_path, x=(rng.random((200, 16, 16, 3)) * 0.3 + y[:, None, None, None] / 4).astype(np.float32), y=y)
+    result = CliRunner().invoke(cli, ["optimize", model_path, "--data", data_path, "--step", "pooling",
+                                      "--step", "separable", "--step", "fusing:steps=4", "--epochs", "1",
+                                      "-o", str(tmp_path / "run"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    variants = report["variants"]
+    assert [s["name"] for s in variants[-1]["steps"]][-3:] == ["pooling", "separable", "fusing"]
+    by_step = {v["steps"][-1]["name"]: v for v in variants if v["steps"]}
+    info = by_step["separable"]["steps"][-1]["info"]
+    assert info["layers_rewritten"] == 1 and info["output_error_after_rewrite"] > 0
+    assert by_step["separable"]["params"] < by_step["pooling"]["params"] < variants[0]["params"]
+    final = keras_io.load(by_step["fusing"]["path"]).model
+    assert "SeparableConv2D" in {type(l).__name__ for l in final.layers}
+    assert train.saved_training_config(by_step["fusing"]["path"])["steps_per_execution"] == 4
