@@ -147,3 +147,49 @@ def test_a_failing_export_is_a_failed_row_and_the_run_goes_on_with_exit_1(tmp_pa
     assert _artifact(report, "baseline", "onnx")["status"] == "ok"      # the run went on
     assert report["status"] == "failed" and len(report["failures"]) == 1
     assert "failed" in result.stdout and "Parameters" in result.stdout   # the table still printed
+
+
+def test_steps_run_in_order_and_the_plan_replays_to_the_same_variants(user_files, tmp_path):
+    model, folder = user_files
+    first = tmp_path / "first"
+    result = _invoke(["optimize", str(model), "--data", str(folder), "--step", "pooling",
+                      "--step", "prune:sparsity=0.5", "--to", "tflite:int8", "--epochs", "1",
+                      "-o", str(first), "--json", "--tiny"])
+    assert result.exit_code == 0, result.output
+    one = json.loads(result.stdout)
+    names = [v["name"] for v in one["variants"]]
+    assert names == ["baseline", "pooling", "pooling+prune"]
+    base, pooled, pruned = one["variants"]
+    assert pooled["parent"] == base["id"] and pruned["parent"] == pooled["id"]
+    assert [s["name"] for s in pruned["steps"]] == ["pooling", "prune"]
+    assert pooled["params"] < base["params"]                      # Flatten -> global pooling
+    assert pruned["steps"][-1]["info"]["target_reached"] is True   # 50% of each pruned kernel is zero
+    for v in one["variants"]:
+        assert v["status"] == "ok"
+        [art] = v["artifacts"]
+        assert art["status"] == "ok" and art["quantize"] == "int8" and art["parity"]["ok"]
+        assert os.path.isdir(os.path.dirname(art["path"])) and v["id"][:8] in art["path"]
+
+    again = tmp_path / "again"
+    result = _invoke(["optimize", "--plan", str(first / "plan.json"), "-o", str(again), "--json"])
+    assert result.exit_code == 0, result.output
+    two = json.loads(result.stdout)
+    assert [v["id"] for v in two["variants"]] == [v["id"] for v in one["variants"]]
+    assert [[(s["name"], s["options"]) for s in v["steps"]] for v in two["variants"]] == \
+        [[(s["name"], s["options"]) for s in v["steps"]] for v in one["variants"]]
+    assert [v["params"] for v in two["variants"]] == [v["params"] for v in one["variants"]]
+    assert json.loads((again / "plan.json").read_text()) == json.loads((first / "plan.json").read_text())
+
+
+def test_edge_int8_recipe_sends_the_qat_model_only_to_int8_tflite(user_files, tmp_path):
+    model, folder = user_files
+    result = _invoke(["optimize", str(model), "--data", str(folder), "--recipe", "edge-int8", "--epochs", "1",
+                      "-o", str(tmp_path / "run"), "--json", "--tiny"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [v["name"] for v in report["variants"]] == ["baseline", "pooling", "pooling+prune", "pooling+prune+qat"]
+    qat = report["variants"][-1]
+    assert _artifact(report, qat["name"], "tflite:int8")["status"] == "ok"
+    onnx = _artifact(report, qat["name"], "onnx:int8")
+    assert onnx["status"] == "skipped" and "exports only to tflite:int8" in onnx["reason"]
+    assert _artifact(report, "pooling+prune", "onnx:int8")["status"] == "ok"
