@@ -141,6 +141,17 @@ def quiet_stdout():
         yield
 
 
+def check_request(name, precisions, known_options, quantize, options):
+    """A precision the format lacks, or an option it does not take, is the user's to fix (exit 2).
+    Checked before any conversion, and by optkit.export for every format before the first one runs."""
+    if quantize not in precisions:
+        raise UserError(f"{name} cannot quantize '{quantize}' (supported: {', '.join(precisions)})")
+    unknown = sorted(set(options or {}) - set(known_options))
+    if unknown:
+        known = ", ".join(known_options) or "none"
+        raise UserError(f"{name}: unknown option(s) {', '.join(unknown)} (known: {known})")
+
+
 def first_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return (text or type(exc).__name__)[:300]

@@ -29,7 +29,7 @@ NAMES_OUTPUTS = True
 
 # Largest batch the package accepts; Core ML needs a bound for a flexible dimension.
 MAX_BATCH = 64
-_OPTIONS = ("palettize_bits", "prune_sparsity", "weight_threshold", "minimum_deployment_target", "max_batch")
+OPTIONS = ("palettize_bits", "prune_sparsity", "weight_threshold", "minimum_deployment_target", "max_batch")
 
 
 def available():
@@ -52,11 +52,7 @@ def export(model, out_path, *, quantize="none", data=None, **options):
     prune_sparsity (0-1, magnitude pruning), weight_threshold (int, smallest weight tensor that
     is compressed; coremltools' default 2048), minimum_deployment_target (e.g. "iOS16"),
     max_batch (int, default 64)."""
-    unknown = set(options) - set(_OPTIONS)
-    if unknown:
-        raise UserError(f"coreml: unknown option(s) {', '.join(sorted(unknown))} (known: {', '.join(_OPTIONS)})")
-    if quantize not in PRECISIONS:
-        raise UserError(f"coreml cannot quantize '{quantize}' (supported: {', '.join(PRECISIONS)})")
+    _common.check_request(NAME, PRECISIONS, OPTIONS, quantize, options)
     import coremltools as ct
 
     _, concrete, specs = _common.named_serving_function(model)

@@ -16,6 +16,7 @@ NAME = "keras"
 SUFFIX = ".keras"
 PRECISIONS = ("none",)
 NAMES_OUTPUTS = True
+OPTIONS = ()
 
 
 def available():
@@ -27,10 +28,7 @@ def available():
 
 
 def export(model, out_path, *, quantize="none", data=None, **options):
-    if options:
-        raise UserError(f"keras: unknown option(s) {', '.join(sorted(options))} (it takes none)")
-    if quantize != "none":
-        raise UserError(f"keras cannot quantize '{quantize}' (supported: none)")
+    _common.check_request(NAME, PRECISIONS, OPTIONS, quantize, options)
     from optkit import keras_io
 
     flavour = keras_io.flavour_of(model)

@@ -23,7 +23,7 @@ NAMES_OUTPUTS = True
 
 # Opset 17 converts every zoo model here with tf2onnx 1.17 and runs on onnxruntime >= 1.13.
 DEFAULT_OPSET = 17
-_OPTIONS = ("opset", "per_channel", "reduce_range", "calibration_samples", "op_types")
+OPTIONS = ("opset", "per_channel", "reduce_range", "calibration_samples", "op_types")
 
 
 def available():
@@ -39,11 +39,7 @@ def export(model, out_path, *, quantize="none", data=None, **options):
     """Write `out_path` (.onnx). Options: opset (int, default 17); for int8/dynamic:
     per_channel (bool, default False), reduce_range (bool, default True),
     calibration_samples (int, default 100), op_types (comma list, e.g. "Conv,MatMul")."""
-    unknown = set(options) - set(_OPTIONS)
-    if unknown:
-        raise UserError(f"onnx: unknown option(s) {', '.join(sorted(unknown))} (known: {', '.join(_OPTIONS)})")
-    if quantize not in PRECISIONS:
-        raise UserError(f"onnx cannot quantize '{quantize}' (supported: {', '.join(PRECISIONS)})")
+    _common.check_request(NAME, PRECISIONS, OPTIONS, quantize, options)
     opset = int(options.get("opset", DEFAULT_OPSET))
     details = {"converter": "tf2onnx.from_function", "opset": opset, "quantize": quantize}
     with _common.atomic_output(out_path) as tmp:

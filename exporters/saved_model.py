@@ -19,6 +19,7 @@ NAME = "saved_model"
 SUFFIX = "_saved_model"      # a directory: model_saved_model/
 PRECISIONS = ("none",)
 NAMES_OUTPUTS = True
+OPTIONS = ()
 
 
 def available():
@@ -30,10 +31,7 @@ def available():
 
 
 def export(model, out_path, *, quantize="none", data=None, **options):
-    if options:
-        raise UserError(f"saved_model: unknown option(s) {', '.join(sorted(options))} (it takes none)")
-    if quantize != "none":
-        raise UserError(f"saved_model cannot quantize '{quantize}' (supported: none)")
+    _common.check_request(NAME, PRECISIONS, OPTIONS, quantize, options)
     from optkit import keras_io
 
     tf = keras_io.tf()

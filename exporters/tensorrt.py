@@ -31,7 +31,7 @@ PRECISIONS = ("none", "float16", "int8")
 
 MAX_BATCH = 32
 WORKSPACE_BYTES = 1 << 30
-_OPTIONS = ("max_batch", "workspace_bytes", "calibration_samples", "calibration_batch", "opset")
+OPTIONS = ("max_batch", "workspace_bytes", "calibration_samples", "calibration_batch", "opset")
 
 
 def _gpu_present() -> bool:
@@ -86,11 +86,7 @@ def export(model, out_path, *, quantize="none", data=None, **options):
     """Write `out_path` (.engine) for THIS machine's GPU. Options: max_batch (default 32),
     workspace_bytes (default 1 GiB), calibration_samples (default 100), calibration_batch
     (default 8), opset (for the intermediate ONNX)."""
-    unknown = set(options) - set(_OPTIONS)
-    if unknown:
-        raise UserError(f"tensorrt: unknown option(s) {', '.join(sorted(unknown))} (known: {', '.join(_OPTIONS)})")
-    if quantize not in PRECISIONS:
-        raise UserError(f"tensorrt cannot quantize '{quantize}' (supported: {', '.join(PRECISIONS)})")
+    _common.check_request(NAME, PRECISIONS, OPTIONS, quantize, options)
     ok, reason = available()
     if not ok:
         raise Unavailable(reason)

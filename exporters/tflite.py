@@ -18,7 +18,7 @@ NAME = "tflite"
 SUFFIX = ".tflite"
 PRECISIONS = ("none", "dynamic", "float16", "int8")
 
-_OPTIONS = ("int8_io", "allow_float", "calibration_samples")
+OPTIONS = ("int8_io", "allow_float", "calibration_samples")
 
 
 def available():
@@ -41,11 +41,7 @@ def export(model, out_path, *, quantize="none", data=None, **options):
         of failing the conversion.
     calibration_samples (int, default 100): representative samples for int8.
     """
-    unknown = set(options) - set(_OPTIONS)
-    if unknown:
-        raise UserError(f"tflite: unknown option(s) {', '.join(sorted(unknown))} (known: {', '.join(_OPTIONS)})")
-    if quantize not in PRECISIONS:
-        raise UserError(f"tflite cannot quantize '{quantize}' (supported: {', '.join(PRECISIONS)})")
+    _common.check_request(NAME, PRECISIONS, OPTIONS, quantize, options)
     from optkit import keras_io
 
     tf = keras_io.tf()

@@ -68,6 +68,13 @@ def export_model(model, formats: Iterable[str] | str, out_dir: str, *, quantize:
         raise UserError(f"unknown --quantize '{quantize}' (choose from {', '.join(QUANTIZE_CHOICES)})")
     names = parse_formats(formats)
     options = options or {}
+    stray = sorted(set(options) - set(names))
+    if stray:
+        raise UserError(f"options given for {', '.join(stray)}, which is not among the formats ({', '.join(names)})")
+    for name in names:  # bad options fail now, before minutes of conversion
+        module = exporters.get(name)
+        _common.check_request(name, module.PRECISIONS, getattr(module, "OPTIONS", ()), module.PRECISIONS[0],
+                              options.get(name, {}))
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     stem = stem or _stem(model)
@@ -114,9 +121,7 @@ def export_one(module, model, path, *, quantize="none", data=None, threads=None,
     try:
         with _common.quiet_stdout():  # converters print progress; stdout is for --json
             art.details = dict(module.export(model, path, quantize=quantize, data=data, **(options or {})) or {})
-    except UserError:
-        raise  # a bad option is the user's to fix, not an artifact failure
-    except Exception as exc:
+    except Exception as exc:  # this format failed (e.g. a QAT model has no .keras form); others go on
         art.status, art.reason = FAILED, f"export failed: {type(exc).__name__}: {_common.first_line(exc)}"
         return art
     art.path = path

@@ -186,11 +186,12 @@ def test_onnx_opset_option_is_used(models, tmp_path):
     assert art.details["opsets"]["ai.onnx"] == 13
 
 
-def test_unknown_converter_option_is_rejected(models, tmp_path):
+def test_unknown_converter_option_is_rejected_before_any_conversion(models, tmp_path):
     from optkit.errors import UserError
 
     with pytest.raises(UserError, match="unknown option"):
-        export_model(models["sequential"], "onnx", tmp_path, options={"onnx": {"opset_version": 13}})
+        export_model(models["sequential"], "tflite,onnx", tmp_path, options={"onnx": {"opset_version": 13}})
+    assert list(tmp_path.iterdir()) == []   # tflite was not written either
 
 
 def test_validation_catches_an_artifact_of_a_different_model(models, tmp_path):
@@ -201,6 +202,15 @@ def test_validation_catches_an_artifact_of_a_different_model(models, tmp_path):
     x = np.random.default_rng(0).uniform(size=(32,) + INPUT).astype(np.float32)
     parity = validate_artifact(module, path, lambda xs: [keras_io.predict(models["sequential"], xs[0])], [x], "none")
     assert parity.ok is False and "[values]" in parity.reason
+
+
+def test_an_artifact_that_cannot_run_fails_validation(models, tmp_path):
+    module = exporters.get("onnx")
+    path = artifact_path(str(tmp_path), "seq", module, "none")
+    module.export(models["sequential"], path)
+    wrong = np.zeros((4, 8, 8, 3), np.float32)    # the model takes 16x16 images
+    parity = validate_artifact(module, path, lambda xs: [np.zeros((4, 10), np.float32)], [wrong], "none")
+    assert parity.ok is False and parity.reason.startswith("artifact failed to run at batch 4")
 
 
 def test_unsupported_precision_is_skipped_with_reason(models, tmp_path):
@@ -277,6 +287,11 @@ def test_qat_tf_keras_model_converts_to_int8_tflite(tmp_path):
     assert art.status == "ok", art.reason
     assert art.details["inputs"][0]["dtype"] == "int8"
     assert art.parity.top1_agreement >= 0.8
+    # A format that cannot take this model fails on its own row; the others still export.
+    keras_art, sm_art = export_model(qat, "keras,saved_model", tmp_path)
+    assert keras_art.status == "failed" and "tensorflow-model-optimization" in keras_art.reason
+    assert not os.path.exists(artifact_path(str(tmp_path), qat.name, exporters.get("keras"), "none"))
+    assert sm_art.status == "ok", sm_art.reason
 
 
 # -- files users hold: legacy .h5 and Keras 3 .keras, through keras_io.load ------------------
