@@ -57,23 +57,20 @@ def kernel_of(layer):
 
 
 def weight_layers(model) -> list:
-    """Layers that hold a weight matrix (rank >= 2), in model order.
+    """Top-level layers that hold a weight matrix (rank >= 2), in model order.
 
     This is what compression acts on: Conv/Dense/Depthwise/Embedding kernels, and also a custom
     layer's matrix (so that a layer tfmot cannot handle is named instead of silently skipped).
-    BatchNormalization and biases hold only vectors and are left alone by every technique."""
-    found = []
-    for layer in _flat_layers(model):
-        if any(len(w.shape) >= 2 for w in layer.trainable_weights):
-            found.append(layer)
-    return found
+    BatchNormalization and biases hold only vectors and are left alone by every technique. A
+    nested model counts as one layer here (tfmot's per-layer APIs take a whole sub-model);
+    measurements look inside it."""
+    return [layer for layer in model.layers if any(len(w.shape) >= 2 for w in layer.trainable_weights)]
 
 
 def _flat_layers(model):
     out = []
     for layer in model.layers:
-        inner = getattr(layer, "layers", None)
-        if inner and type(layer).__name__ in ("Functional", "Sequential", "Model"):
+        if hasattr(layer, "layers") and hasattr(layer, "inputs") and not hasattr(layer, "layer"):
             out.extend(_flat_layers(layer))   # a nested model's layers count one by one
         else:
             out.append(layer)
@@ -93,7 +90,7 @@ def select_layers(model, *, layers=None, skip_first: bool = False, skip_last: bo
         candidates = candidates[:-1]
     wanted = parse_layer_list(layers)
     if wanted:
-        all_layers = _flat_layers(model)
+        all_layers = list(model.layers)
         for entry in wanted:
             if not any(l.name == entry or type(l).__name__ == entry for l in all_layers):
                 names = ", ".join(l.name for l in weight_layers(model))

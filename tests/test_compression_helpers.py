@@ -50,6 +50,17 @@ def small_cnn(flavour="tf_keras", seed=0, extra=None):
     return K.Model(inp, out)
 
 
+def nested_cnn(flavour="keras3"):
+    """A functional model whose conv stack is a nested Sequential (a common backbone pattern)."""
+    K = keras_io.keras3() if flavour == "keras3" else keras_io.tf_keras()
+    K.utils.set_random_seed(0)
+    backbone = K.Sequential([K.Input(SHAPE), K.layers.Conv2D(8, 3, name="c1"), K.layers.ReLU(),
+                             K.layers.Conv2D(16, 3, name="c2")], name="backbone")
+    inp = K.Input(SHAPE)
+    h = K.layers.GlobalAveragePooling2D()(backbone(inp))
+    return K.Model(inp, K.layers.Dense(CLASSES, name="head")(h))
+
+
 def trained_cnn(data, flavour="tf_keras", epochs=4):
     from optkit.train import fit
 

@@ -5,7 +5,7 @@ import pytest
 from optkit import compression, keras_io, steps
 from optkit.errors import UserError
 
-from test_compression_helpers import context, quadrant_task, small_cnn, trained_cnn
+from test_compression_helpers import context, nested_cnn, quadrant_task, small_cnn, trained_cnn
 
 # tfmot rounds the number of weights it prunes per tensor; the bar is +-1 point.
 SPARSITY_TOL = 0.01
@@ -160,3 +160,11 @@ def test_xnnpack_policy_prunes_only_the_1x1_convolutions(data):
 def test_xnnpack_policy_explains_why_a_model_does_not_fit(base, data):
     with pytest.raises(UserError, match="policy=xnnpack does not apply to this model: .*Conv2D 3x3"):
         prune(base, data, policy="xnnpack")
+
+
+def test_a_nested_backbone_is_pruned_layer_by_layer(data):
+    result = prune(nested_cnn("keras3"), data, sparsity="0.5", schedule="constant")
+    assert result.info["pruned_layers"] == ["backbone", "head"]
+    measured = compression.sparsity_per_layer(result.model)
+    for name in ("c1", "c2", "head"):
+        assert measured[name] == pytest.approx(0.5, abs=SPARSITY_TOL), name

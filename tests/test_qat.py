@@ -7,7 +7,7 @@ import exporters
 from optkit import keras_io, runner, steps
 from optkit.errors import UserError
 
-from test_compression_helpers import context, quadrant_task, small_cnn, trained_cnn
+from test_compression_helpers import context, nested_cnn, quadrant_task, small_cnn, trained_cnn
 
 # A full-integer model differs from its fake-quant Keras twin by rounding: each int8 step of
 # the output is `scale` wide, and a few steps of disagreement accumulate through 3 layers.
@@ -170,3 +170,8 @@ def test_weightless_preprocessing_stays_float_without_failing(data, tmp_path):
 def test_unknown_scheme_is_a_user_error(base, data):
     with pytest.raises(UserError, match="scheme must be one of"):
         run("qat", base, data, scheme="int4")
+
+
+def test_a_nested_model_is_refused_with_its_name(data):
+    with pytest.raises(UserError, match="nested inside another \\(layer 'backbone'\\)"):
+        run("qat", nested_cnn("keras3"), data, convert="false")

@@ -58,9 +58,11 @@ def apply(model, ctx, *, clusters=16, init="kmeans_plus_plus", per_channel=False
     stripped = mot.clustering.keras.strip_clustering(wrapped_model)
 
     unique = compression.unique_values_per_kernel(stripped)
-    limit = {name: _limit(stripped.get_layer(name), clusters, per_channel, preserve_sparsity) for name in wrapped}
-    allowed = clusters + (1 if preserve_sparsity else 0)
-    over = {name: unique[name] for name in wrapped if _max_unique(stripped.get_layer(name), per_channel) > allowed}
+    kernels = compression.kernels(stripped)
+    measured = [name for name in wrapped if name in kernels]   # a nested model is measured per inner layer
+    allowed = clusters + (1 if preserve_sparsity else 0)     # with sparsity kept, zero comes on top
+    most = {name: _max_unique(kernels[name], per_channel) for name in measured}
+    over = {name: n for name, n in most.items() if n > allowed}
     info = {
         "technique": "weight clustering (tfmot cluster_weights)",
         "clusters": int(clusters),
@@ -71,10 +73,11 @@ def apply(model, ctx, *, clusters=16, init="kmeans_plus_plus", per_channel=False
         "clustered_layers": wrapped,
         # tfmot leaves a Conv2D alone when it has too few weights for the clusters asked for.
         "skipped_layers": skipped,
-        "max_unique_values_per_kernel": limit,
+        "allowed_unique_values": allowed if not per_channel else f"{allowed} per output channel",
         "within_limit": not over,
+        "over_limit": over,
         **compression.describe(stripped, selected=wrapped),
-        "unique_values_per_channel_max": {name: _max_unique(stripped.get_layer(name), True) for name in wrapped},
+        "unique_values_per_channel_max": {name: _max_unique(kernels[name], True) for name in measured},
         "size_before": size_before,
         "size_after": compression.weights_file_sizes(stripped),
         "accuracy_before": accuracy_before,
@@ -85,16 +88,8 @@ def apply(model, ctx, *, clusters=16, init="kmeans_plus_plus", per_channel=False
     return StepResult(stripped, info)
 
 
-def _limit(layer, clusters, per_channel, preserve_sparsity):
-    """Most distinct values the kernel may hold: k per tensor, or k per output channel. With
-    sparsity preserved, zero is kept besides the k centroids."""
-    kernel = compression.kernel_of(layer).numpy()
-    per = clusters + (1 if preserve_sparsity else 0)
-    return per * kernel.shape[-1] if per_channel else per
-
-
-def _max_unique(layer, per_channel):
-    kernel = compression.kernel_of(layer).numpy()
+def _max_unique(kernel, per_channel):
+    """Distinct values in a kernel, or the most in any output channel (the last axis)."""
     if not per_channel:
         return int(np.unique(kernel).size)
     flat = kernel.reshape(-1, kernel.shape[-1])

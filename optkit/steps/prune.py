@@ -103,7 +103,7 @@ def apply(model, ctx, *, sparsity=0.5, schedule="polynomial", m_by_n="", layers=
     stripped = mot.sparsity.keras.strip_pruning(wrapped_model)
 
     per_layer = compression.sparsity_per_layer(stripped)
-    reached = {name: per_layer[name] for name in wrapped}
+    reached = {name: per_layer[name] for name in wrapped if name in per_layer}   # nested models: per inner layer
     # 1 point of slack: tfmot rounds the number of pruned weights per tensor.
     short = {name: s for name, s in reached.items() if s < sparsity - 0.01}
     info = {

@@ -63,8 +63,11 @@ def quantize(mot, model, scheme, *, skip_unsupported=False):
     representative data. Returns (quantized model, layers left float)."""
     tfk = keras_io.tf_keras()
     layers = {layer.name: layer for layer in model.layers if not isinstance(layer, tfk.layers.InputLayer)}
-    # Custom classes must be known to the clone tfmot makes.
-    custom = {type(l).__name__: type(l) for l in layers.values() if not type(l).__module__.startswith("tf_keras")}
+    nested = [name for name, layer in layers.items() if hasattr(layer, "layers") and hasattr(layer, "inputs")]
+    if nested:
+        raise UserError(f"qat: tensorflow-model-optimization cannot quantize a model nested inside another "
+                        f"(layer '{nested[0]}'); build the model flat")
+    custom = _custom_objects(layers.values())
     left_float = []
     for _ in range(len(layers) + 1):
         keep = set(layers) - set(left_float)
@@ -94,6 +97,20 @@ def quantize(mot, model, scheme, *, skip_unsupported=False):
             raise UserError(f"qat: tensorflow-model-optimization refused the model: "
                             f"{compression._first_line(exc)}") from None
     raise UserError("qat: no layer of this model can be quantized by tensorflow-model-optimization")
+
+
+def _custom_objects(layers):
+    """Classes and activation functions tfmot's internal clone must be able to deserialize: custom
+    layers, and activations tf_keras lacks (keras_io maps Keras 3's hard_silu, relu6, ... to
+    functions of the same name when it crosses to tf_keras)."""
+    custom = {}
+    for layer in layers:
+        if not type(layer).__module__.startswith("tf_keras"):
+            custom[type(layer).__name__] = type(layer)
+        fn = getattr(layer, "activation", None)
+        if callable(fn) and not getattr(fn, "__module__", "").startswith("tf_keras") and hasattr(fn, "__name__"):
+            custom[fn.__name__] = fn
+    return custom
 
 
 def apply(model, ctx, *, scheme="auto", skip_unsupported=False, lr=1e-4, convert=True):
