@@ -40,9 +40,48 @@ def _quiet_tf_logs():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+class _stderr_held_back:
+    """TensorFlow's C++ start-up lines (absl, oneDNN, CUDA probing) ignore TF_CPP_MIN_LOG_LEVEL and
+    would bury optkit's one-line messages. Hold file descriptor 2 back while TF starts; if the
+    import fails, show what was held back. OPTKIT_DEBUG=1 shows everything."""
+
+    def __enter__(self):
+        self.saved = None
+        if os.environ.get("OPTKIT_DEBUG"):
+            return self
+        try:
+            import sys
+
+            sys.stderr.flush()
+            self.buffer = tempfile.TemporaryFile()
+            self.saved = os.dup(2)
+            os.dup2(self.buffer.fileno(), 2)
+        except (OSError, ValueError):   # no real fd 2 (e.g. some notebook front-ends)
+            self.saved = None
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.saved is None:
+            return False
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        if exc_type is not None:
+            self.buffer.seek(0)
+            os.write(2, self.buffer.read()[-4000:])
+        self.buffer.close()
+        return False
+
+
 def tf():
     """`import tensorflow` on first use."""
-    _quiet_tf_logs()
+    import sys
+
+    if "tensorflow" not in sys.modules:
+        _quiet_tf_logs()
+        with _stderr_held_back():
+            import tensorflow
+
+            tensorflow.config.list_physical_devices()   # device probing logs CUDA errors here too
     import tensorflow
 
     # Python-side TF warnings (retracing notices, legacy-format nags) are not the user's concern.
@@ -423,7 +462,15 @@ def _tfk_config_to_k3(config, custom=None):
             for ref in config.get(key, []):
                 if isinstance(ref, list) and ref and ref[0] in nested and ref[1] > 0:
                     ref[1] -= 1
-    for layer in config.get("layers", []):
+    layers = config.get("layers", [])
+    if "input_layers" not in config and layers and layers[0].get("class_name") != "InputLayer" \
+            and "batch_input_shape" in layers[0].get("config", {}):
+        # A Sequential from the Keras 2.0-2.4 era: no InputLayer, the first layer carries the shape.
+        first = layers[0]["config"]
+        layers.insert(0, {"class_name": "InputLayer", "config": {
+            "batch_input_shape": first.pop("batch_input_shape"), "dtype": first.get("dtype", "float32"),
+            "name": first.get("name", "input") + "_input"}})
+    for layer in layers:
         class_name, cfg = layer.get("class_name"), layer.get("config", {})
         if "layers" in cfg:
             _tfk_config_to_k3(cfg, custom)
@@ -431,12 +478,12 @@ def _tfk_config_to_k3(config, custom=None):
         if class_name == "BatchNormalization" and isinstance(cfg.get("axis"), list) and len(cfg["axis"]) == 1:
             cfg["axis"] = cfg["axis"][0]   # tf_keras stores the built axis as a list; Keras 3 wants an int
         cls = custom.get(class_name) or getattr(keras.layers, class_name, None)
-        if cls is not None:
+        if cls is not None and class_name != "InputLayer":   # the legacy loader reads InputLayer's old keys itself
             layer["config"] = _accepted(cls, cfg, is_layer=True, base=_K3_LAYER_BASE_KWARGS)
 
 
 _K3_LAYER_BASE_KWARGS = {"name", "trainable", "dtype", "autocast", "activity_regularizer", "input_dim",
-                         "input_shape", "batch_input_shape", "batch_shape", "batch_size"}
+                         "input_shape"}
 
 
 def _all_layers(model):
@@ -701,7 +748,15 @@ def output_specs(model):
     if isinstance(model, SavedModelCallable):
         outs = model.signature.structured_outputs
         return [(k, tuple(outs[k].shape), outs[k].dtype.name) for k in model.output_names]
-    return [(getattr(t, "name", f"output_{i}"), tuple(t.shape), _dtype_name(t.dtype)) for i, t in enumerate(model.outputs)]
+    # Named after the layer that produces each output (Keras 3 names Sequential outputs
+    # 'keras_tensor_N', which means nothing to a user).
+    return [(_producer_name(t, i), tuple(t.shape), _dtype_name(t.dtype)) for i, t in enumerate(model.outputs)]
+
+
+def _producer_name(tensor, index):
+    history = getattr(tensor, "_keras_history", None)
+    layer = history[0] if history else None
+    return getattr(layer, "name", None) or f"output_{index}"
 
 
 def _dtype_name(dtype):
