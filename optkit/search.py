@@ -187,7 +187,8 @@ def pareto(points):
 def _drop(reference, value):
     if reference is None or value is None:
         return None
-    return (reference - value) * 100.0
+    # Rounded: 0.90 - 0.89 is 1.0000000000000009 points in floating point, and must meet a 1-point goal.
+    return round((reference - value) * 100.0, 6)
 
 
 def _spec(step: str, strength: Dict[str, Any]) -> str:

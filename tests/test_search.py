@@ -10,7 +10,7 @@ from optkit.cli import cli
 
 def _p(label, gzip, ms, acc, base=0.9):
     return {"label": label, "gzip_bytes": gzip, "latency_ms": ms, "accuracy": acc,
-            "accuracy_drop_points": (base - acc) * 100}
+            "accuracy_drop_points": search._drop(base, acc)}
 
 
 def test_pareto_keeps_exactly_the_undominated_points():
