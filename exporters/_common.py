@@ -80,6 +80,17 @@ def input_shapes(model) -> List[Tuple]:
     return [tuple(shape) for _, shape, _ in keras_io.input_specs(model)]
 
 
+def input_names(model) -> List[str]:
+    """The model's input names as exported signatures spell them (keras_io.serving_function's cleaning)."""
+    from optkit import keras_io
+
+    return [clean_name(name) for name, _, _ in keras_io.input_specs(model)]
+
+
+def clean_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in name.split(":")[0]) or "input"
+
+
 def sample_inputs(model, data=None, n: int = CALIBRATION_SAMPLES, seed: int = 0,
                   split: str = "x_train") -> Tuple[List[np.ndarray], str]:
     """Inputs for calibration/validation, and where they came from (recorded in the artifact).

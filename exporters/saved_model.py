@@ -50,7 +50,36 @@ def export(model, out_path, *, quantize="none", data=None, **options):
             holder.model = model.loaded if isinstance(model, keras_io.SavedModelCallable) else model
             tf.saved_model.save(holder, tmp, signatures={"serving_default": concrete})
             how = "tf.saved_model.save (named serving function)"
-    return {"converter": how, "signature": "serving_default", "source_flavour": flavour}
+        order = _common.input_names(model)
+        _write_input_order(tmp, order)
+    return {"converter": how, "signature": "serving_default", "source_flavour": flavour, "input_order": order}
+
+
+# A signature's inputs are keyword arguments: the SavedModel itself has no positional order, and
+# TF lists them alphabetically. The model's order is kept next to it, in `assets.extra/` (the
+# directory TF Serving reserves for extra files; loaders ignore it), so positional callers
+# (validation, bench) feed each array to the right input.
+_ORDER_FILE = os.path.join("assets.extra", "optkit_inputs.json")
+
+
+def _write_input_order(path, order):
+    import json
+
+    os.makedirs(os.path.join(path, "assets.extra"), exist_ok=True)
+    with open(os.path.join(path, _ORDER_FILE), "w") as fh:
+        json.dump({"inputs": order}, fh)
+
+
+def _read_input_order(path, names):
+    """The model's input order if recorded and consistent with the signature, else the signature's."""
+    import json
+
+    try:
+        with open(os.path.join(path, _ORDER_FILE)) as fh:
+            order = json.load(fh)["inputs"]
+    except (OSError, ValueError, KeyError):
+        return list(names)
+    return list(order) if sorted(order) == sorted(names) else list(names)
 
 
 def _natural(name):
@@ -78,8 +107,8 @@ class SavedModelPredictor(Predictor):
             raise UserError(f"{path}: SavedModel has no 'serving_default' signature")
         self._fn = self._loaded.signatures["serving_default"]
         _, kwargs = self._fn.structured_input_signature
-        self._names = list(kwargs)
-        self._dtypes = [kwargs[n].dtype for n in self._names]
+        self._names = _read_input_order(os.fspath(path), list(kwargs))
+        self._specs = [kwargs[n] for n in self._names]
         self.inputs = [TensorSpec(n, _shape(kwargs[n].shape), kwargs[n].dtype.name) for n in self._names]
         outs = self._fn.structured_outputs
         self._out_names = sorted(outs, key=_natural)
@@ -88,7 +117,15 @@ class SavedModelPredictor(Predictor):
 
     def __call__(self, *arrays):
         self._check_arity(arrays)
-        feed = {n: self._tf.convert_to_tensor(a, dtype=d) for n, d, a in zip(self._names, self._dtypes, arrays)}
+        feed = {}
+        for name, spec, a in zip(self._names, self._specs, arrays):
+            tensor = self._tf.convert_to_tensor(a, dtype=spec.dtype)
+            # Checked here: a wrongly shaped input can abort the whole process inside TF's kernels
+            # (a oneDNN CHECK failure) instead of raising.
+            if not spec.shape.is_compatible_with(tensor.shape):
+                raise ValueError(f"input '{name}' has shape {tuple(tensor.shape)}; the SavedModel expects "
+                                 f"{tuple(spec.shape)}")
+            feed[name] = tensor
         out = self._fn(**feed)
         return [out[n].numpy() for n in self._out_names]
 

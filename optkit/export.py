@@ -131,14 +131,16 @@ def export_one(module, model, path, *, quantize="none", data=None, threads=None,
     if reference is None:
         def reference(arrays):
             return _reference_outputs(model, arrays)
-    art.parity = validate_artifact(module, path, reference, inputs, quantize, threads=threads)
+    art.parity = validate_artifact(module, path, reference, inputs, quantize, threads=threads,
+                                   input_names=_input_names(model))
     if art.parity.ok is False:
         art.status, art.reason = FAILED, f"validation failed: {art.parity.reason}"
     return art
 
 
-def validate_artifact(module, path, reference, inputs, quantize, *, threads=None) -> Parity:
-    """Load `path` with its exporter and compare it with `reference` (optkit.parity)."""
+def validate_artifact(module, path, reference, inputs, quantize, *, threads=None, input_names=None) -> Parity:
+    """Load `path` with its exporter and compare it with `reference` (optkit.parity).
+    `input_names`: the model's input names in the order of `inputs` (matched by name)."""
     from exporters import _common
     from optkit.errors import Unavailable
 
@@ -151,7 +153,14 @@ def validate_artifact(module, path, reference, inputs, quantize, *, threads=None
     expected = None
     if getattr(module, "NAMES_OUTPUTS", False):
         expected = _common.output_names(len(predictor.outputs))
-    return parity_mod.validate(reference, predictor, inputs, quantize, expected_names=expected)
+    return parity_mod.validate(reference, predictor, inputs, quantize, expected_names=expected,
+                               input_names=input_names)
+
+
+def _input_names(model):
+    from exporters import _common
+
+    return _common.input_names(model)
 
 
 def _reference_outputs(model, arrays):

@@ -173,12 +173,37 @@ def batch_sizes_for(predictor, n: int) -> List[int]:
     return [n, 1] if n > 1 else [1]
 
 
+def _bare_name(name: str) -> str:
+    # "serving_default_image:0" (LiteRT) -> "image"; ONNX / SavedModel / Core ML keep the bare name.
+    name = name.split(":")[0]
+    return name[len("serving_default_"):] if name.startswith("serving_default_") else name
+
+
+def feed_order(input_names: Optional[Sequence[str]], predictor) -> Optional[List[int]]:
+    """Which of the model's inputs goes to each of the artifact's inputs, matched by name.
+
+    Formats key a signature's inputs by name and list them alphabetically (SavedModel, LiteRT),
+    so positional order is not the model's. None when there is one input, the order already
+    matches, or the names do not correspond (then position is all we have).
+    """
+    if not input_names or len(input_names) < 2:
+        return None
+    theirs = [_bare_name(spec.name) for spec in predictor.inputs]
+    ours = list(input_names)
+    if sorted(theirs) != sorted(ours) or theirs == ours:
+        return None
+    return [ours.index(name) for name in theirs]
+
+
 def validate(reference_fn: Callable[[List[np.ndarray]], Sequence[np.ndarray]], predictor,
              inputs: Sequence[np.ndarray], precision: str = "none", *,
              expected_names: Optional[Sequence[str]] = None,
-             batch_sizes: Optional[Sequence[int]] = None) -> Parity:
+             batch_sizes: Optional[Sequence[int]] = None,
+             input_names: Optional[Sequence[str]] = None) -> Parity:
     """Run `predictor` on `inputs` at each batch size and compare with `reference_fn(inputs)`.
 
+    `input_names`: the source model's input names, in the order of `inputs`; when the artifact
+    lists the same names in another order, each array is fed to its namesake.
     Returns a Parity (`ok` False with the reason on any failed check; never raises for a
     mismatch). The worst numbers over all batch sizes are reported.
     """
@@ -186,6 +211,9 @@ def validate(reference_fn: Callable[[List[np.ndarray]], Sequence[np.ndarray]], p
     n = len(inputs[0])
     sizes = list(batch_sizes or batch_sizes_for(predictor, n))
     reference = [np.asarray(r) for r in _as_list(reference_fn(inputs))]
+    order = feed_order(input_names, predictor)
+    if order is not None:
+        inputs = [inputs[i] for i in order]
     names = [spec.name for spec in predictor.outputs] if expected_names is not None else None
     worst = None
     for size in sizes:

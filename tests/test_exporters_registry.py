@@ -199,3 +199,16 @@ def test_logit_outputs_are_compared_relative_to_their_range():
 def test_unknown_precision_is_a_user_error():
     with pytest.raises(UserError, match="int4"):
         parity.tolerance_for("int4")
+
+
+def test_inputs_are_matched_by_name_when_the_artifact_sorts_them():
+    from optkit.runner import TensorSpec
+
+    class Artifact:  # only the input specs matter to feed_order
+        inputs = [TensorSpec("serving_default_a_meta:0", (None, 4), "float32"),
+                  TensorSpec("serving_default_z_image:0", (None, 16, 16, 3), "float32")]
+
+    assert parity.feed_order(["z_image", "a_meta"], Artifact) == [1, 0]
+    assert parity.feed_order(["a_meta", "z_image"], Artifact) is None       # already in order
+    assert parity.feed_order(["image", "meta"], Artifact) is None           # names do not correspond
+    assert parity.feed_order(["z_image"], Artifact) is None                 # one input: position is enough

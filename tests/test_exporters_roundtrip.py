@@ -122,6 +122,30 @@ def test_float_export_round_trips_within_float32_tolerance(models, tmp_path, fmt
         assert art.parity.batch_sizes == [32, 1]
 
 
+def _two_inputs(kmod):
+    """Inputs whose names sort opposite to their order: runtimes that key inputs by name must
+    still feed each array to the right one (and different shapes make a swap fail loudly)."""
+    kmod.utils.set_random_seed(0)
+    image = kmod.Input(INPUT, name="z_image")
+    meta = kmod.Input((4,), name="a_meta")
+    x = kmod.layers.Flatten()(kmod.layers.Conv2D(4, 3, activation="relu")(image))
+    y = kmod.layers.Dense(8, activation="relu")(meta)
+    out = kmod.layers.Dense(10, activation="softmax")(kmod.layers.Concatenate()([x, y]))
+    return kmod.Model([image, meta], out, name="two_inputs")
+
+
+@pytest.mark.parametrize("flavour", ["keras3", "tf_keras"])
+def test_multi_input_models_keep_their_input_order(tmp_path, flavour):
+    kmod = keras_io.keras3() if flavour == "keras3" else keras_io.tf_keras()
+    model = _two_inputs(kmod)
+    formats = [f for f in FORMATS if f != "tensorrt"]
+    for art in export_model(model, formats, tmp_path):
+        _expect_ok(art)
+    predictor = exporters.get("saved_model").load(artifact_path(str(tmp_path), "two_inputs",
+                                                                exporters.get("saved_model"), "none"))
+    assert [s.name for s in predictor.inputs] == ["z_image", "a_meta"]
+
+
 def test_int8_tflite_has_int8_tensors_and_validates(models, tmp_path):
     (art,) = export_model(models["sequential"], "tflite", tmp_path, quantize="int8")
     assert art.status == "ok", art.reason
