@@ -24,6 +24,7 @@ import datetime as _dt
 import json
 import os
 import re
+import shutil
 import sys
 import time
 import traceback
@@ -38,6 +39,7 @@ from optkit.records import FAILED, OK, SKIPPED, SCHEMA, Artifact, Latency, Parit
 # Timing loops: long enough for a stable median on a noisy 2-core machine, short enough that a
 # demo with a dozen artifacts stays within minutes. The tiny schedule shortens them.
 BENCH = {"warmup": 5, "min_time": 0.5, "min_runs": 20}
+SPEED_STEPS = ("jit", "amp", "fusing", "cpu")   # training settings: same graph, same weights
 KERAS_BATCH = 32          # "inference time per step" is Lesson 14's ms per batch of 32
 MAX_EVAL_SAMPLES = 1000   # artifacts are evaluated on at most this many test samples
 
@@ -160,8 +162,13 @@ class Pipeline:
         self._finish_variant(spec, record, model)
         return record
 
-    def make_variant(self, spec: plan_mod.VariantSpec) -> Variant:
-        """Apply `spec.step` to its parent's model; measure, save and export the result."""
+    def make_variant(self, spec: plan_mod.VariantSpec, *, not_applicable: str = FAILED) -> Variant:
+        """Apply `spec.step` to its parent's model; measure, save and export the result.
+
+        A step that refuses the model (UserError: no Flatten head to pool, a layer tfmot cannot
+        wrap) gives a row with status `not_applicable`: failed when the user asked for the step,
+        skipped when the search merely tried it.
+        """
         from optkit import steps as steps_mod
 
         parent = self.records.get(spec.parent)
@@ -191,11 +198,12 @@ class Pipeline:
         try:
             with self.scope():
                 result = step.apply(self.models[spec.parent], ctx, **spec.step.options)
-        except UserError:
-            raise   # bad options or a model the step cannot take: the user must change the plan
-        except Exception as exc:  # noqa: BLE001 - a failing step is a failed row, the run goes on
-            record.status, record.reason = FAILED, f"step {spec.step.name} failed: {_reason(exc)}"
-            record.details["traceback"] = traceback.format_exc(limit=8)
+        except Exception as exc:  # noqa: BLE001 - a failing step is a row, the run goes on
+            if isinstance(exc, UserError):
+                record.status, record.reason = not_applicable, f"step {spec.step.name}: {_reason(exc)}"
+            else:
+                record.status, record.reason = FAILED, f"step {spec.step.name} failed: {_reason(exc)}"
+                record.details["traceback"] = traceback.format_exc(limit=8)
             record.artifacts = [Artifact(e.format, None, e.quantize, status=SKIPPED, reason="variant failed")
                                 for e in spec.exports]
             _log(record.reason)
@@ -315,8 +323,14 @@ class Pipeline:
         out = export_mod.artifact_path(self.variant_dir(record), "model", module, spec.quantize)
         _log(f"export {record.name} -> {spec.label}")
         # export_one handles unavailable formats/precisions (skipped) and validates with optkit.parity.
-        artifact = export_mod.export_one(module, model, out, quantize=spec.quantize, data=self.data,
-                                         threads=self.threads)
+        try:
+            artifact = export_mod.export_one(module, model, out, quantize=spec.quantize, data=self.data,
+                                             threads=self.threads)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - export_one guards the converter; this guards the rest
+            artifact = Artifact(spec.format, None, spec.quantize, status=FAILED,
+                                reason=f"export failed: {_reason(exc)}")
         if artifact.status == OK:
             self.bench_artifact(module, artifact, evaluate=evaluate)
         if artifact.status != OK:
@@ -554,11 +568,16 @@ def _run_ladder(pipe: Pipeline) -> dict:
     if plan.strategy:
         pipe.notes.append(f"--strategy {plan.strategy}: the ladder compares training speed on one device "
                           "and does not distribute; the strategy applies to steps and baseline training")
-    extra = {"probe_steps": 4} if plan.tiny else {}
-    result = ladder.run_ladder(target, pipe.data, epochs=plan.epochs, batch_size=plan.batch_size,
-                               progress=pipe.progress, workdir=pipe.out_dir, seed=plan.seed,
-                               log=lambda msg: _log(f"ladder: {msg}"), **extra)
-    return _adopt_ladder(pipe, result)
+    # The tiny schedule skips the oneDNN probe (two fresh TensorFlow processes, ~1 min here).
+    extra = {"probe_steps": 4, "onednn_probe": False} if plan.tiny else {}
+    workdir = os.path.join(pipe.out_dir, "ladder-work")
+    try:
+        result = ladder.run_ladder(target, pipe.data, epochs=plan.epochs, batch_size=plan.batch_size,
+                                   progress=pipe.progress, workdir=workdir, seed=plan.seed,
+                                   log=lambda msg: _log(f"ladder: {msg}"), **extra)
+        return _adopt_ladder(pipe, result)
+    finally:   # the rungs' models have moved to their variant folders; the rest is scratch
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _adopt_ladder(pipe: Pipeline, result: dict) -> dict:
@@ -600,11 +619,13 @@ def _adopt_ladder(pipe: Pipeline, result: dict) -> dict:
         pipe.records[spec.id] = record
         pipe.specs[spec.id] = spec
     pipe.notes.extend(result.get("notes", []))
-    # Exports: the baseline and the last rung that trained (the "tuned" one: trained with the
-    # settings that helped here; speed settings change training, not the deployed graph).
+    # Exports: the baseline and the last rewrite rung (Separable). The speed rungs change how the
+    # model trains, not the graph that ships - and an AMP rung computes in float16/bfloat16, which
+    # is a training setting, not an inference precision (the export's --to decides that).
     records = list(pipe.records.values())
-    done = [r for r in records if r.status == OK]
-    targets = ([records[0]] if records else []) + ([done[-1]] if len(done) > 1 else [])
+    structural = [r for r in records[1:] if r.status == OK
+                  and not any(s.get("name") in SPEED_STEPS for s in r.steps)]
+    targets = records[:1] + structural[-1:]
     for record in targets:
         if not (record.path and os.path.exists(record.path)):
             record.artifacts = [Artifact(e.format, None, e.quantize, status=FAILED,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from optkit import plan as plan_mod
-from optkit.records import OK
+from optkit.records import OK, SKIPPED
 
 
 @dataclass
@@ -94,7 +94,7 @@ def run(pipe) -> dict:
             step = plan_mod.resolve_step(_spec(family.step, strength), epochs=plan.epochs)
             vspec = plan_mod.child(base_spec, step, name=_label(family.step, strength), exports=[])
             plan.variants.append(vspec)
-            record = pipe.make_variant(vspec)
+            record = pipe.make_variant(vspec, not_applicable=SKIPPED)
             if record.status != OK:
                 skipped.append(f"{record.name}: {record.status}; stronger {family.name} skipped")
                 break

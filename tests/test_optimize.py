@@ -193,3 +193,22 @@ def test_edge_int8_recipe_sends_the_qat_model_only_to_int8_tflite(user_files, tm
     onnx = _artifact(report, qat["name"], "onnx:int8")
     assert onnx["status"] == "skipped" and "exports only to tflite:int8" in onnx["reason"]
     assert _artifact(report, "pooling+prune", "onnx:int8")["status"] == "ok"
+
+
+def test_a_step_that_refuses_the_model_is_a_failed_row_and_its_children_are_skipped(user_files, tmp_path):
+    """pooling rewrites Flatten -> Dense heads; a model that already pools has none."""
+    from optkit import keras_io
+
+    _, folder = user_files
+    keras = keras_io.keras3()
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3, activation="relu")(inputs))
+    keras.Model(inputs, keras.layers.Dense(len(CLASSES), activation="softmax")(x)).save(str(tmp_path / "gap.keras"))
+
+    result = _invoke(["optimize", str(tmp_path / "gap.keras"), "--data", str(folder), "--step", "pooling",
+                      "--step", "prune", "--to", "tflite", "-o", str(tmp_path / "run"), "--json", "--tiny"])
+    assert result.exit_code == 1, result.output
+    base, pooled, pruned = json.loads(result.stdout)["variants"]
+    assert base["status"] == "ok" and base["artifacts"][0]["status"] == "ok"
+    assert pooled["status"] == "failed" and pooled["reason"].startswith("step pooling:")
+    assert pruned["status"] == "skipped" and "unavailable" in pruned["reason"]
