@@ -198,8 +198,9 @@ def _convert_channels(x, c):
 
 def _split(x, y, names, shape, src, val_fraction, test_fraction, details):
     n = len(x)
-    n_test = int(round(n * test_fraction))
-    n_val = int(round(n * val_fraction))
+    # A requested split is never empty: evaluation code may rely on having one sample.
+    n_test = max(1, int(round(n * test_fraction))) if test_fraction > 0 else 0
+    n_val = max(1, int(round(n * val_fraction))) if val_fraction > 0 else 0
     if n - n_test - n_val < 1:
         raise UserError(f"--data {src}: {n} samples are too few to split into train/validation/test")
     a, b = n - n_val - n_test, n - n_test
@@ -227,11 +228,6 @@ def _load_folder(root, shape, seed, limit):
                             f"({', '.join(IMAGE_EXTENSIONS)})")
         files += [os.path.join(folder, f) for f in images]
         labels += [label] * len(images)
-    labels = np.asarray(labels, np.int64)
-    if limit is not None and limit < len(files):
-        # Read only the images that will be used: the same permutation load_data applies later.
-        keep = np.sort(np.random.default_rng(seed).permutation(len(files))[:limit])
-        files, labels = [files[i] for i in keep], labels[keep]
 
     def read(path):
         try:
@@ -241,15 +237,20 @@ def _load_folder(root, shape, seed, limit):
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise UserError(f"--data: cannot read image {path}: {' '.join(str(exc).split())}") from None
 
-    first = read(files[0])
-    if shape is None:
+    if shape is None:   # the first image of the first class, whatever `limit` keeps
+        first = read(files[0])
         gray = first.mode in ("1", "L", "I", "I;16", "F")
         shape = (first.height, first.width, 1 if gray else 3)
+    labels = np.asarray(labels, np.int64)
+    if limit is not None and limit < len(files):
+        # Read only the images that will be used: the same permutation load_data applies later.
+        keep = np.sort(np.random.default_rng(seed).permutation(len(files))[:limit])
+        files, labels = [files[i] for i in keep], labels[keep]
     h, w, c = shape
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[c]
     x = np.empty((len(files), h, w, c), np.uint8)
     for i, path in enumerate(files):
-        img = first if i == 0 else read(path)
+        img = read(path)
         if img.mode != mode:
             img = img.convert(mode)
         if img.size != (w, h):
