@@ -181,6 +181,17 @@ def test_top1_disagreement_fails_even_when_values_are_within_tolerance():
         parity.compare([ref], [swapped], "int8", tolerance=tol)
 
 
+def test_top1_swaps_between_classes_the_source_ties_are_not_disagreements():
+    ref = np.full((32, 10), 0.1, np.float32)
+    ref[:, 3] += 1e-3                      # the source's pick, by a hair
+    cand = ref.copy()
+    cand[:, 3] -= 2e-3                     # int8 noise flips it; values still within tolerance
+    p = parity.compare([ref], [cand], "int8")
+    assert p.ok and p.top1_agreement == 1.0
+    with pytest.raises(parity.ValueMismatch):  # for float32 the same flip is far outside tolerance
+        parity.compare([ref], [cand], "none")
+
+
 def test_nan_in_the_artifact_output_fails():
     ref = _probs()
     bad = ref.copy()
