@@ -124,7 +124,7 @@ def wrap_selected(model, selected: Iterable[str], wrap: Callable, *, technique: 
                 return layer
             raise UserError(
                 f"{technique}: tensorflow-model-optimization cannot handle layer '{layer.name}' "
-                f"({type(layer).__name__}): {_first_line(exc)}; leave it out with layers=... or pass "
+                f"({type(layer).__name__}): {first_line(exc)}; leave it out with layers=... or pass "
                 "skip_unsupported=true") from None
         if out is layer:   # tfmot declined quietly (e.g. a Conv2D too small to cluster)
             skipped.append(layer.name)
@@ -141,7 +141,7 @@ def wrap_selected(model, selected: Iterable[str], wrap: Callable, *, technique: 
     return clone, wrapped, skipped
 
 
-def _first_line(exc) -> str:
+def first_line(exc) -> str:
     lines = str(exc).strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:240]
 

@@ -175,3 +175,18 @@ def test_unknown_scheme_is_a_user_error(base, data):
 def test_a_nested_model_is_refused_with_its_name(data):
     with pytest.raises(UserError, match="nested inside another \\(layer 'backbone'\\)"):
         run("qat", nested_cnn("keras3"), data, convert="false")
+
+
+def test_an_activation_tfmot_cannot_quantize_stays_float(data):
+    """MobileNetV3's hard_silu: tfmot's registry takes Activation layers but rejects this function."""
+    K = keras_io.keras3()
+    K.utils.set_random_seed(0)
+    inp = K.Input((16, 16, 3))
+    h = K.layers.Conv2D(8, 3, name="body")(inp)
+    h = K.layers.Activation("hard_silu", name="hswish")(h)
+    h = K.layers.GlobalAveragePooling2D()(h)
+    model = K.Model(inp, K.layers.Dense(4, name="head")(h))
+    result = run("qat", model, data)
+    assert result.info["left_float"] == ["hswish"]
+    assert "body" in result.info["quantized_layers"] and "hswish" not in result.info["quantized_layers"]
+    assert result.info["tflite_int8"]["inputs"][0]["dtype"] == "int8"

@@ -89,7 +89,7 @@ def apply(model, ctx, *, sparsity=0.5, schedule="polynomial", m_by_n="", layers=
             wrapped_model = mot.sparsity.keras.prune_low_magnitude(
                 base, pruning_policy=mot.sparsity.keras.PruneForLatencyOnXNNPack(), **params)
         except ValueError as exc:
-            raise UserError(f"prune: policy=xnnpack does not apply to this model: {compression._first_line(exc)}") from None
+            raise UserError(f"prune: policy=xnnpack does not apply to this model: {compression.first_line(exc)}") from None
         wrapped = [l.layer.name for l in wrapped_model.layers if type(l).__name__ == "PruneLowMagnitude"]
         skipped = []
     else:

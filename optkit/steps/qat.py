@@ -68,15 +68,17 @@ def quantize(mot, model, scheme, *, skip_unsupported=False):
         raise UserError(f"qat: tensorflow-model-optimization cannot quantize a model nested inside another "
                         f"(layer '{nested[0]}'); build the model flat")
     custom = _custom_objects(layers.values())
-    left_float = []
+    left_float = _rejected_by_registry(mot, layers, skip_unsupported)
     for _ in range(len(layers) + 1):
         keep = set(layers) - set(left_float)
         if not keep:
             break
         if left_float:
+            float_config = _float_config(mot)
+            custom[type(float_config).__name__] = type(float_config)
             annotated = tfk.models.clone_model(
-                model, clone_function=lambda layer: mot.quantization.keras.quantize_annotate_layer(layer)
-                if layer.name in keep else layer)
+                model, clone_function=lambda layer: mot.quantization.keras.quantize_annotate_layer(
+                    layer, quantize_config=None if layer.name in keep else float_config))
         else:
             annotated = mot.quantization.keras.quantize_annotate_model(model)
         try:
@@ -86,7 +88,7 @@ def quantize(mot, model, scheme, *, skip_unsupported=False):
             match = _UNSUPPORTED.search(str(exc))
             if not match or match.group(1) not in layers:
                 raise UserError(f"qat: tensorflow-model-optimization refused the model: "
-                                f"{compression._first_line(exc)}") from None
+                                f"{compression.first_line(exc)}") from None
             name, klass = match.group(1), match.group(2)
             if layers[name].weights and not skip_unsupported:
                 raise UserError(
@@ -95,8 +97,57 @@ def quantize(mot, model, scheme, *, skip_unsupported=False):
             left_float.append(name)
         except ValueError as exc:
             raise UserError(f"qat: tensorflow-model-optimization refused the model: "
-                            f"{compression._first_line(exc)}") from None
+                            f"{compression.first_line(exc)}") from None
     raise UserError("qat: no layer of this model can be quantized by tensorflow-model-optimization")
+
+
+def _float_config(mot):
+    """A QuantizeConfig that quantizes nothing: the layer stays float in the QAT model.
+
+    Leaving such a layer unannotated is not enough: quantize_apply still gives a layer that
+    follows a quantized one an output quantizer from the registry, which is what rejects it."""
+    base = mot.quantization.keras.QuantizeConfig
+
+    class KeepFloatQuantizeConfig(base):
+        def get_weights_and_quantizers(self, layer):
+            return []
+
+        def get_activations_and_quantizers(self, layer):
+            return []
+
+        def set_quantize_weights(self, layer, quantize_weights):
+            pass
+
+        def set_quantize_activations(self, layer, quantize_activations):
+            pass
+
+        def get_output_quantizers(self, layer):
+            return []
+
+        def get_config(self):
+            return {}
+
+    return KeepFloatQuantizeConfig()
+
+
+def _rejected_by_registry(mot, layers, skip_unsupported):
+    """Layers whose quantize config tfmot's registry would reject only deep inside quantize_apply
+    (e.g. an Activation layer with hard_silu): asked up front, so the message names the layer and
+    a weightless one can simply stay float."""
+    registry = mot.quantization.keras.default_8bit.Default8BitQuantizeRegistry()
+    rejected = []
+    for name, layer in layers.items():
+        if not registry.supports(layer):
+            continue
+        try:
+            registry.get_quantize_config(layer).get_output_quantizers(layer)
+        except ValueError as exc:
+            if layer.weights and not skip_unsupported:
+                raise UserError(f"qat: tensorflow-model-optimization cannot quantize layer '{name}' "
+                                f"({type(layer).__name__}): {compression.first_line(exc)}; pass "
+                                "skip_unsupported=true to leave it in float") from None
+            rejected.append(name)
+    return rejected
 
 
 def _custom_objects(layers):
@@ -125,7 +176,8 @@ def apply(model, ctx, *, scheme="auto", skip_unsupported=False, lr=1e-4, convert
 
     base = keras_io.to_tf_keras(model)   # fresh copy: quantize_model wraps the layers it is given
     qat_model, left_float = quantize(mot, base, _scheme_object(mot, chosen), skip_unsupported=skip_unsupported)
-    quantized = [l.layer.name for l in qat_model.layers if type(l).__name__.startswith("QuantizeWrapper")]
+    quantized = [l.layer.name for l in qat_model.layers
+                 if type(l).__name__.startswith("QuantizeWrapper") and l.layer.name not in left_float]
     tuned = compression.fine_tune(qat_model, ctx, learning_rate=lr)
 
     info = {
