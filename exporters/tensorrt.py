@@ -139,11 +139,11 @@ def build_engine(onnx_path, engine_path, *, precision="none", samples=None, max_
     calibrator = None
     if precision == "float16":
         if not builder.platform_has_fast_fp16:
-            raise RuntimeError("this GPU has no fast float16; build float32 instead")
+            raise Unavailable("this GPU has no fast float16; build float32 instead")
         config.set_flag(trt.BuilderFlag.FP16)
     elif precision == "int8":
         if not builder.platform_has_fast_int8:
-            raise RuntimeError("this GPU has no fast int8; build float16 or float32 instead")
+            raise Unavailable("this GPU has no fast int8; build float16 or float32 instead")
         config.set_flag(trt.BuilderFlag.INT8)
         calibrator = make_calibrator(samples, calibration_batch, cache_path=engine_path + ".calib")
         config.int8_calibrator = calibrator

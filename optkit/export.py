@@ -19,7 +19,7 @@ import os
 from typing import Any, Dict, Iterable, List, Optional
 
 from optkit import parity as parity_mod
-from optkit.errors import UserError
+from optkit.errors import Unavailable, UserError
 from optkit.records import FAILED, OK, SKIPPED, Artifact, Parity
 
 # Validation inputs: enough samples that a top-1 agreement of 0.8 means something (one flip is
@@ -96,8 +96,8 @@ def export_model(model, formats: Iterable[str] | str, out_dir: str, *, quantize:
         if progress:
             progress(f"export {name} ({quantize}) -> {path}")
         art = export_one(module, model, path, quantize=quantize, data=data, threads=threads,
-                         options=options.get(name, {}), inputs=inputs, reference=reference)
-        art.details.setdefault("validation_source", source)
+                         options=options.get(name, {}), inputs=inputs, reference=reference,
+                         validation_source=source)
         artifacts.append(art)
         if progress:
             progress(f"  {name}: {art.status}{': ' + art.reason if art.reason else ''}")
@@ -105,7 +105,7 @@ def export_model(model, formats: Iterable[str] | str, out_dir: str, *, quantize:
 
 
 def export_one(module, model, path, *, quantize="none", data=None, threads=None, options=None,
-               inputs=None, reference=None) -> Artifact:
+               inputs=None, reference=None, validation_source=None) -> Artifact:
     """Export with one exporter module, load the artifact back and validate it."""
     from exporters import _common
 
@@ -121,13 +121,17 @@ def export_one(module, model, path, *, quantize="none", data=None, threads=None,
     try:
         with _common.quiet_stdout():  # converters print progress; stdout is for --json
             art.details = dict(module.export(model, path, quantize=quantize, data=data, **(options or {})) or {})
+    except Unavailable as exc:  # found out only while converting (e.g. no fast int8 on this GPU)
+        art.status, art.reason = SKIPPED, str(exc)
+        return art
     except Exception as exc:  # this format failed (e.g. a QAT model has no .keras form); others go on
         art.status, art.reason = FAILED, f"export failed: {type(exc).__name__}: {_common.first_line(exc)}"
         return art
     art.path = path
     art.size_bytes, art.gzip_bytes = sizes(path)
     if inputs is None:
-        inputs, _ = _common.sample_inputs(model, data, n=VALIDATION_SAMPLES, seed=1, split="x_val")
+        inputs, validation_source = _common.sample_inputs(model, data, n=VALIDATION_SAMPLES, seed=1, split="x_val")
+    art.details["validation_source"] = validation_source
     if reference is None:
         def reference(arrays):
             return _reference_outputs(model, arrays)
@@ -142,7 +146,6 @@ def validate_artifact(module, path, reference, inputs, quantize, *, threads=None
     """Load `path` with its exporter and compare it with `reference` (optkit.parity).
     `input_names`: the model's input names in the order of `inputs` (matched by name)."""
     from exporters import _common
-    from optkit.errors import Unavailable
 
     try:
         predictor = module.load(path, threads=threads)
