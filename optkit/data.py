@@ -166,9 +166,18 @@ def _shape_images(x, shape):
     return _convert_channels(x, c).astype(np.float32, copy=False)
 
 
+def _pillow():
+    """PIL.Image, or a UserError: Pillow comes with the `tf` extra, not with a runtime-only install."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise UserError("reading or resizing images needs Pillow (pip install pillow)") from None
+    return Image
+
+
 def _resize(x, h, w):
     """Bilinear resize, one channel at a time in Pillow's float mode (no 8-bit rounding)."""
-    from PIL import Image
+    Image = _pillow()
 
     out = np.empty((x.shape[0], h, w, x.shape[3]), np.float32)
     for i in range(x.shape[0]):
@@ -213,7 +222,8 @@ def _split(x, y, names, shape, src, val_fraction, test_fraction, details):
 
 
 def _load_folder(root, shape, seed, limit):
-    from PIL import Image, UnidentifiedImageError
+    Image = _pillow()
+    from PIL import UnidentifiedImageError
 
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
     if not classes:

@@ -22,7 +22,8 @@ BN_MOMENTUM = 0.9
 # demo trains in minutes on a CPU):
 #   Naive (Flatten)            7,481,673  (+0.07%)
 #   GlobalAveragePooling2D     5,876,553  (+0.05%)
-#   + SeparableConv2D          678,580    (-0.08%)
+#   + SeparableConv2D          678,580    (-0.08%; 680,809, +0.25%, if the 3-channel stem stays
+#                                          a Conv2D, as optkit's separable rewrite leaves it)
 # BatchNormalization after the hidden Dense keeps its ReLUs alive at Adam's default 1e-3 (without
 # it the 8192-wide Flatten head died in the first epoch and accuracy stayed at chance).
 LESSON14_LAYERS = (  # (filters, kernel, max-pool after?)
