@@ -115,6 +115,12 @@ def test_input_below_an_applications_minimum_names_the_minimum():
         zoo.build("inception_v3", input_shape=(64, 64, 3))
 
 
+@pytest.mark.parametrize("classes", [0, -3, 2.5, "ten"])
+def test_a_class_count_that_is_not_a_positive_integer_is_refused(classes):
+    with pytest.raises(UserError, match="positive integer"):
+        zoo.build("lenet5", num_classes=classes)
+
+
 def test_segmentation_input_not_a_multiple_of_16_is_refused():
     with pytest.raises(UserError, match="divisible by 16"):
         zoo.build("unet", input_shape=(40, 40, 3))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import operator
 import re
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -147,13 +148,12 @@ def build(name: str, input_shape: Optional[Sequence[int]] = None, num_classes: O
     entry = get(name)
     shape = resolve_input_shape(entry, input_shape)
     classes = entry.default_classes if num_classes is None else num_classes
-    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
-        try:
-            classes = int(classes)
-        except (TypeError, ValueError):
-            classes = 0
-        if classes < 1:
-            raise UserError(f"number of classes must be a positive integer, got {num_classes!r}")
+    try:
+        classes = operator.index(classes)   # ints and numpy ints; not floats or strings
+    except TypeError:
+        classes = 0
+    if classes < 1:
+        raise UserError(f"number of classes must be a positive integer, got {num_classes!r}")
     module_name, function = entry.builder.split(":")
     builder = getattr(importlib.import_module(f"optkit.zoo.{module_name}"), function)
 
