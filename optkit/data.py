@@ -57,12 +57,16 @@ def load_data(src: Optional[str] = None, *, input_shape: Optional[Sequence[int]]
     """Load `src` (default `synthetic:shapes`) as a shuffled, split Dataset.
 
     `input_shape` (H, W, C) is what the model takes (default: the source's own size; 3 channels
-    unless the images are grayscale). `num_classes` is the model's output count: a source with a
-    different number of classes (or labels out of range) is a UserError. `limit` caps the number
-    of samples before splitting; `seed` fixes the shuffle (and the synthetic drawing).
+    unless the images are grayscale); H and W may be None for a model that takes any size.
+    `num_classes` is the model's output count: a source with more classes (or labels out of
+    range) is a UserError; fewer is allowed (the extra outputs are never the right answer).
+    `limit` caps the number of samples before splitting; `seed` fixes the shuffle (and the
+    synthetic drawing).
     """
     src = DEFAULT_SOURCE if src is None else str(src)
-    shape = _check_shape(input_shape)
+    wanted = _check_shape(input_shape)
+    # Loaders get a complete shape or none; a model with dynamic H/W takes the source's size.
+    shape = wanted if wanted is not None and None not in wanted else None
     if num_classes is not None and (not isinstance(num_classes, (int, np.integer)) or num_classes < 1):
         raise UserError(f"number of classes must be a positive integer, got {num_classes!r}")
     if limit is not None and limit < 1:
@@ -93,7 +97,7 @@ def load_data(src: Optional[str] = None, *, input_shape: Optional[Sequence[int]]
     if limit is not None:
         order = order[:limit]
     x, y = x[order], y[order]
-    target = shape or _default_shape(x)
+    target = shape or _default_shape(x, wanted)
     x = _shape_images(x, target)
     return _split(x, y.astype(np.int64), names, target, src, val_fraction, test_fraction, details)
 
@@ -105,10 +109,10 @@ def _check_shape(input_shape):
     if input_shape is None:
         return None
     try:
-        shape = tuple(int(d) for d in input_shape)
+        shape = tuple(None if d is None else int(d) for d in input_shape)
     except (TypeError, ValueError):
         raise UserError(f"input shape must be H,W,C integers, got {input_shape!r}") from None
-    if len(shape) != 3 or min(shape) < 1:
+    if len(shape) != 3 or shape[2] is None or min(d for d in shape if d is not None) < 1:
         raise UserError(f"input shape must be (H, W, C) with positive sizes, got {shape}")
     if shape[2] not in (1, 3, 4):
         raise UserError(f"images can be given 1, 3 or 4 channels, not {shape[2]} (input shape {shape})")
@@ -133,9 +137,11 @@ def _check_classes(src, y, names, num_classes):
     return list(names)
 
 
-def _default_shape(x):
+def _default_shape(x, wanted=None):
+    """The images' own size (3 channels unless gray), overridden by what `wanted` fixes."""
     channels = x.shape[3] if x.ndim == 4 else 1
-    return (int(x.shape[1]), int(x.shape[2]), 1 if channels == 1 else 3)
+    own = (int(x.shape[1]), int(x.shape[2]), 1 if channels == 1 else 3)
+    return tuple(o if w is None else w for o, w in zip(own, wanted or (None, None, None)))
 
 
 # ------------------------------------------------------------------------------------ shaping

@@ -80,6 +80,14 @@ def test_synthetic_options_and_model_shape():
     assert gray.details["size"] == [40, 24]
 
 
+def test_a_model_with_dynamic_height_and_width_gets_the_sources_size_and_its_channels(tmp_path):
+    ds = load_data("synthetic:shapes?n=40&size=24", input_shape=(None, None, 1))
+    _check_dataset(ds, (24, 24, 1), 10)
+    root = _image_folder(tmp_path / "imgs")
+    folder = load_data(str(root), input_shape=(None, None, 1))
+    assert folder.input_shape == (16, 20, 1)
+
+
 def test_a_model_with_more_outputs_than_shape_classes_can_use_synthetic_data():
     ds = load_data("synthetic:shapes?n=60", num_classes=1000)
     assert ds.num_classes == 1000 and len(ds.class_names) == 1000
