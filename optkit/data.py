@@ -7,7 +7,8 @@ Sources:
 - `tfds:NAME` (or `tfds:NAME?split=train`): a TensorFlow Datasets set already in the local tfds
   cache; nothing is downloaded (needs the tensorflow-datasets package);
 - `synthetic:shapes[?n=3000&size=32&classes=10&seed=0]`: ten procedurally drawn shape classes
-  (the embedded default, see `synthetic_shapes`).
+  (the embedded default, see `synthetic_shapes`), drawn at the model's input size unless
+  `size` is given; without `n` or a limit, large images get fewer than 3,000 samples (~200 MB).
 
 Every image comes back float32 in [0, 1], NHWC, resized to `input_shape[:2]` and converted to
 `input_shape[2]` channels (gray <-> RGB); labels are int64. Pure numpy + Pillow: TensorFlow is
@@ -29,6 +30,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 SHAPE_CLASSES = ("circle", "square", "triangle", "star", "cross", "ring", "ellipse", "hexagon", "arrow",
                  "heart")
 SYNTHETIC_DEFAULTS = {"n": 3000, "size": 32, "classes": len(SHAPE_CLASSES), "seed": None}
+# Without ?n= or a limit, fewer samples for large images: at most ~200 MB, at least 200 samples.
+SYNTHETIC_MAX_DEFAULT_BYTES = 200e6
+SYNTHETIC_MIN_DEFAULT_N = 200
 VAL_FRACTION = 0.15
 TEST_FRACTION = 0.15
 
@@ -386,6 +390,9 @@ def _load_synthetic(src, shape, num_classes, seed, limit):
         h = w = options["size"]
     if min(h, w) < 8:
         raise UserError(f"{src}: images must be at least 8x8 to draw shapes on, got {h}x{w}")
+    if "n" not in explicit and limit is None:
+        # The default 3,000 is for small inputs; at ImageNet sizes it would be 1.8 GB of float32.
+        n = min(n, max(SYNTHETIC_MIN_DEFAULT_N, int(SYNTHETIC_MAX_DEFAULT_BYTES // (h * w * 3 * 4))))
     draw_seed = options["seed"] if options["seed"] is not None else seed
     x, y = synthetic_shapes(n, (h, w), classes=classes, seed=draw_seed)
     details = {"generator": "shapes", "n": n, "size": [h, w], "classes": classes, "seed": draw_seed}

@@ -94,6 +94,15 @@ def test_a_model_with_more_outputs_than_shape_classes_can_use_synthetic_data():
     assert ds.y_train.max() < 10 and ds.class_names[:10] == list(SHAPE_CLASSES)
 
 
+@pytest.mark.slow   # draws ~200 MB of 224x224 images
+def test_default_synthetic_size_shrinks_for_large_inputs_but_explicit_n_is_kept():
+    big = load_data("synthetic:shapes", input_shape=(224, 224, 3))
+    assert len(big) == int(200e6 // (224 * 224 * 3 * 4)) == 332     # ~200 MB of float32
+    assert big.x_train.nbytes + big.x_val.nbytes + big.x_test.nbytes < 200e6
+    explicit = load_data("synthetic:shapes?n=500", input_shape=(112, 112, 1))
+    assert len(explicit) == 500 and explicit.input_shape == (112, 112, 1)
+
+
 def test_limit_caps_the_number_of_samples_before_splitting():
     ds = load_data("synthetic:shapes", limit=100, val_fraction=0.2, test_fraction=0.1)
     assert (len(ds.y_train), len(ds.y_val), len(ds.y_test)) == (70, 20, 10)
