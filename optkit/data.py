@@ -400,7 +400,7 @@ def _load_synthetic(src, shape, num_classes, seed, limit):
 
 
 def synthetic_shapes(n: int, size=(32, 32), classes: int = 10, seed: int = 0,
-                     chunk: int = 512) -> Tuple[np.ndarray, np.ndarray]:
+                     chunk_pixels: int = 1 << 20) -> Tuple[np.ndarray, np.ndarray]:
     """`n` RGB images (float32 [0, 1], N,H,W,3) of one shape each, and their labels (int64).
 
     Classes, in order: circle, square, triangle, star, cross, ring, ellipse, hexagon, arrow,
@@ -416,6 +416,8 @@ def synthetic_shapes(n: int, size=(32, 32), classes: int = 10, seed: int = 0,
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(n) % classes).astype(np.int64)
     out = np.empty((n, h, w, 3), np.float32)
+    # Images per chunk bounded by pixels, so temporaries stay ~12 MB per array at any image size.
+    chunk = max(1, chunk_pixels // (h * w))
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         out[start:stop] = _draw_chunk(rng, labels[start:stop], h, w)
