@@ -190,7 +190,8 @@ def _eval_split(data):
 
 def run_ladder(model_or_zoo_name, data, *, epochs: int = 2, batch_size: int = 32, progress: bool = True,
                workdir: Optional[str] = None, seed: int = 0, probe: bool = True, onednn_probe: bool = True,
-               probe_steps: int = PROBE_STEPS, log=None) -> Dict[str, Any]:
+               probe_steps: int = PROBE_STEPS, learning_rate: Optional[float] = None,
+               log=None) -> Dict[str, Any]:
     """Build/copy the model, walk the ladder, return the report dict (DESIGN.md's optimize shape)."""
     from optkit.steps import pooling, separable, speed
 
@@ -208,7 +209,8 @@ def run_ladder(model_or_zoo_name, data, *, epochs: int = 2, batch_size: int = 32
 
     def measure(key, name, model, steps, parent, details=None):
         say(f"{name}: training {epochs} epoch(s)")
-        result = train.fit(model, data, epochs=epochs, batch_size=batch_size, progress=progress, seed=seed)
+        result = train.fit(model, data, epochs=epochs, batch_size=batch_size, progress=progress, seed=seed,
+                           learning_rate=learning_rate)
         jit = train.training_config(model).jit_compile
         path = os.path.join(out_dir, f"{key}.keras")
         _save_for_shipping(model, path)
@@ -263,12 +265,13 @@ def run_ladder(model_or_zoo_name, data, *, epochs: int = 2, batch_size: int = 32
         say("probing speed settings (a few training steps each)")
         probes = probe_in_process(sep_start, data, batch_size=batch_size, steps=probe_steps, seed=seed)
         for name, why in probes["why"].items():
-            notes.append(f"{name}: {why}")
+            notes.append(f"{name} probe ({probes['ms_per_step'][name]:.1f} vs {probes['ms_per_step']['float32']:.1f} "
+                         f"ms/step float32): {why}")
     if onednn_probe:
         say("probing oneDNN off/on in fresh processes")
         onednn = probe_onednn(sep_start, data, batch_size=batch_size, steps=probe_steps, workdir=workdir)
         onednn["in_this_process"] = speed.onednn_enabled()
-        notes.append(f"oneDNN: {onednn['why']}")
+        notes.append(f"oneDNN probe (fresh processes): {onednn['why']}")
         if onednn["keep"] is not None and onednn["in_this_process"] is not None \
                 and onednn["keep"] != onednn["in_this_process"]:
             notes.append(f"oneDNN is {'on' if onednn['in_this_process'] else 'off'} in this process, so every rung "
@@ -385,6 +388,18 @@ def _report(variants, notes, probes, onednn):
             "ratios_to_naive": ratios, "speed_probe": probes, "onednn_probe": onednn, "notes": notes}
 
 
+def _slower_cell(v):
+    d = v.get("details", {})
+    if "slower_than_separable" not in d:
+        return "" if "train_time_vs_separable" not in d else "no"
+    parts = []
+    if d["train_time_vs_separable"] > 1 / KEEP_MARGIN:
+        parts.append(f"train {d['train_time_vs_separable']:.1f}×")
+    if d["inference_vs_separable"] > 1 / KEEP_MARGIN:
+        parts.append(f"infer {d['inference_vs_separable']:.1f}×")
+    return "SLOWER: " + ", ".join(parts)
+
+
 def render_table(report: Dict[str, Any]) -> str:
     """The ladder as a plain-text table: rungs as columns, the course's rows, then ratios to Naive."""
     rungs = [v for v in report["variants"]]
@@ -402,12 +417,11 @@ def render_table(report: Dict[str, Any]) -> str:
     ]
     ratios = report.get("ratios_to_naive", {})
     rows.append(["", *["" for _ in rungs]])
-    for key, label, fmt in (("params", "Params ÷ Naive", "{:.3f}×"), ("accuracy_points", "Accuracy − Naive", "{:+.1f} pts"),
+    for key, label, fmt in (("params", "Params ÷ Naive", "{:.4f}×"), ("accuracy_points", "Accuracy − Naive", "{:+.1f} pts"),
                             ("train_time_per_epoch", "Train time ÷ Naive", "{:.2f}×"),
                             ("inference_ms_per_step", "Inference ÷ Naive", "{:.2f}×")):
         rows.append([label, *[fmt.format(ratios[v["name"]][key]) if v["name"] in ratios else "-" for v in rungs]])
-    rows.append(["Note", *[("SLOWER: " + v["details"]["slower_than_separable"].split(" than ")[0])
-                           if v.get("details", {}).get("slower_than_separable") else "" for v in rungs]])
+    rows.append(["Slower than Separable?", *[_slower_cell(v) for v in rungs]])
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
              for r in [head, *rows]]

@@ -149,3 +149,10 @@ def test_onednn_probe_measures_off_and_on_in_fresh_processes(tmp_path):
     ratio = probe["ms_per_step"]["onednn_on"] / probe["ms_per_step"]["onednn_off"]
     assert probe["ratio_on_vs_off"] == pytest.approx(ratio)
     assert probe["keep"] is (True if ratio <= ladder.KEEP_MARGIN else False if ratio >= 1 / ladder.KEEP_MARGIN else None)
+
+
+def test_amp_float32_undoes_an_earlier_mixed_policy():
+    mixed = _apply("amp", _model(), policy="mixed_bfloat16").model
+    back = _apply("amp", mixed, policy="float32").model
+    assert train.mixed_precision_of(back) is None
+    assert {l.dtype_policy.name for l in back.layers} == {"float32"}

@@ -157,9 +157,11 @@ def apply_amp(model, ctx, *, policy="auto"):
         policy = chosen
     elif policy == "mixed_bfloat16" and not cpu_has_bf16() and not info["gpus"]:
         info["warning"] = "this CPU has no bfloat16 instructions: expect training to be much slower"
-    if policy == "float32":
+    if policy == "float32":          # also undoes an earlier mixed policy
+        new = with_policy(model, "float32")
+        train.compile_with_settings(new)
         info.update(applied=False, policy="float32", why="float32 requested")
-        return StepResult(_copy_with(model), info)
+        return StepResult(new, info)
     new = with_policy(model, policy)
     train.compile_with_settings(new)
     info.update(applied=True, policy=policy, float32_layers=output_layer_names(model),
