@@ -292,4 +292,4 @@ def test_a_small_cnn_learns_synthetic_shapes_well_above_chance_but_not_perfectly
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(ds.x_train, ds.y_train, epochs=3, batch_size=32, verbose=0)
     _, accuracy = model.evaluate(ds.x_test, ds.y_test, verbose=0)
-    assert 0.2 < accuracy < 0.95, accuracy   # chance is 0.1
+    assert 0.2 < accuracy < 0.95, accuracy   # chance is 0.1; measured 0.30 (seed 0)

@@ -94,7 +94,8 @@ def test_lesson14_learns_synthetic_shapes_in_three_epochs_at_adams_default_rate(
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])   # Adam lr 1e-3
     model.fit(data.x_train, data.y_train, epochs=3, batch_size=32, verbose=0)
     _, accuracy = model.evaluate(data.x_test, data.y_test, verbose=0)
-    assert 0.3 < accuracy < 0.98, accuracy   # chance is 0.1
+    # Measured 0.37 (3 epochs, seed 0); 2.5x chance leaves room for CPU-to-CPU float differences.
+    assert 0.25 < accuracy < 0.98, accuracy   # chance is 0.1
 
 
 def test_same_seed_gives_same_weights_and_another_seed_differs():
