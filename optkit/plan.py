@@ -23,7 +23,10 @@ from optkit.errors import UserError
 PLAN_SCHEMA = 1
 ZOO_PREFIX = "zoo:"
 DEFAULT_MODEL = "zoo:lesson14"      # the embedded default (no MODEL, no --data)
-DEFAULT_DATA = "synthetic:shapes"
+# Six of the ten shape classes: measured here, the Lesson 14 CNN trained 3 epochs on 1,400 images
+# stayed at chance on all ten (train and held-out accuracy 0.09-0.11) but reached ~0.5 held-out
+# accuracy on six (0.56 on four), so the demo's table shows differences that mean something.
+DEFAULT_DATA = "synthetic:shapes?classes=6"
 DEFAULT_RECIPE = "lesson14"
 # A user's model with no recipe and no steps: export it in the usual precisions and measure each.
 DEFAULT_EXPORTS = ("tflite", "tflite:int8", "onnx")
@@ -33,7 +36,7 @@ OBJECTIVES = ("size", "latency")
 # Short schedules: training from scratch on 2 CPU cores has to fit the 10-minute demo budget.
 DEFAULT_EPOCHS = 3            # baseline training of a zoo model and each fine-tune
 DEFAULT_BATCH_SIZE = 32
-DEFAULT_DATA_LIMIT = 3000     # samples drawn from a synthetic source for the embedded default
+DEFAULT_DATA_LIMIT = 2000     # samples drawn from a synthetic source for the embedded default
 # OPTKIT_TINY=1 (or the hidden --tiny option): a schedule small enough for end-to-end tests.
 TINY = {"epochs": 1, "data_limit": 320, "min_time_s": 0.05, "trials": 3}
 
@@ -230,7 +233,7 @@ def resolve(*, model: Optional[str] = None, data: Optional[str] = None, recipe: 
     if data is None and model is None:
         data = DEFAULT_DATA
     data_limit = None
-    if data and data.startswith("synthetic:"):
+    if data and data.startswith("synthetic:") and "n=" not in data:
         data_limit = TINY["data_limit"] if tiny else (DEFAULT_DATA_LIMIT if model is None else None)
     if train and not data:
         raise UserError("a zoo model starts untrained: give --data to train it")

@@ -31,7 +31,7 @@ needs_compression_steps = pytest.mark.skipif(
 def test_embedded_default_is_the_lesson14_ladder_on_synthetic_shapes():
     plan = plan_mod.resolve()
     assert plan.model == "zoo:lesson14"
-    assert plan.data == "synthetic:shapes"
+    assert plan.data == "synthetic:shapes?classes=6"
     assert plan.mode == "ladder" and plan.recipe == "lesson14"
     assert plan.train_baseline
     assert [e.label for e in plan.baseline.exports] == ["tflite:int8", "onnx"]
