@@ -312,6 +312,11 @@ def run_ladder(model_or_zoo_name, data, *, epochs: int = 2, batch_size: int = 32
                     {"kept": kept, "settings": dict(cfg, mixed_precision=amp),
                      "onednn": None if onednn is None else onednn.get("keep")})
     _mark_vs(tuned, sep_record)
+    if kept and "slower_than_separable" in tuned["details"]:
+        # A few probe steps on a shared machine can mislead; say so instead of presenting the pick as a win.
+        notes.append(f"the probe's pick ({label}) did not hold over full epochs: the tuned rung trained "
+                     f"{tuned['details']['train_time_vs_separable']:.2f}× Separable's time per epoch; the probe "
+                     f"ran {probe_steps} steps per setting (raise probe_steps for a steadier decision)")
     notes.append(f"kept: {', '.join(kept) if kept else 'none of jit/amp/fusing'}"
                  + (f"; oneDNN {'on' if onednn['keep'] else 'off'}" if onednn and onednn.get("keep") is not None else ""))
     return _report(variants, notes, probes, onednn)
