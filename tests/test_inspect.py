@@ -22,7 +22,7 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("inspect")
     keras = keras_io.keras3()
     k3 = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(8, 3, activation="relu"),
-                           keras.layers.Conv2D(8, 3), keras.layers.Flatten(), keras.layers.Dense(4)])
+                           keras.layers.Conv2D(8, 3), keras.layers.Flatten(), keras.layers.Dense(4, name="head")])
     k3.save(d / "k3.keras")
     tfk = keras_io.tf_keras()
     tiny = tiny_tf_keras_sequential(tfk)
@@ -48,7 +48,7 @@ def test_multiply_adds_and_rewrites_of_a_known_model(files):
     assert info["flops"] == 14 * 14 * 27 * 8 + 12 * 12 * 72 * 8 + 1152 * 4
     assert info["layers"] == {"Conv2D": 2, "Dense": 1, "Flatten": 1}
     assert info["rewrites"] == {"separable": 1, "pooling": True}   # the stem conv is not counted
-    assert info["outputs"][0]["name"] == "dense"
+    assert info["outputs"][0]["name"] == "head"   # the producing layer, not keras_tensor_N
     assert info["inputs"][0]["shape"] == [None, 16, 16, 3]
 
 
