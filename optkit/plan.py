@@ -131,6 +131,8 @@ class Plan:
         if self.mode == "ladder":
             lines.append("ladder:   Naive -> Pooling -> Separable -> +JIT -> +AMP -> +Fusing "
                          "(speed settings kept only where they help on this machine)")
+            lines.append(f"exports:  {', '.join(e.label for e in self.baseline.exports) or '-'} "
+                         "of Naive and of the last rewrite rung (Separable)")
         lines.append("variants:")
         names = {v.id: v.name for v in self.variants}
         for v in self.variants:
