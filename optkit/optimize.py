@@ -39,6 +39,8 @@ from optkit.records import FAILED, OK, SKIPPED, SCHEMA, Artifact, Latency, Parit
 # Timing loops: long enough for a stable median on a noisy 2-core machine, short enough that a
 # demo with a dozen artifacts stays within minutes. The tiny schedule shortens them.
 BENCH = {"warmup": 5, "min_time": 0.5, "min_runs": 20}
+# What users know them as (MultiWorkerMirroredStrategy's class is CollectiveAllReduceStrategy).
+STRATEGY_CLASSES = {"mirrored": "MirroredStrategy", "multiworker": "MultiWorkerMirroredStrategy"}
 SPEED_STEPS = ("jit", "amp", "fusing", "cpu")   # training settings: same graph, same weights
 KERAS_BATCH = 32          # "inference time per step" is Lesson 14's ms per batch of 32
 MAX_EVAL_SAMPLES = 1000   # artifacts are evaluated on at most this many test samples
@@ -540,7 +542,7 @@ def _run_mode(pipe: Pipeline, plan: plan_mod.Plan, plan_path: str, progress: boo
             train_result = train.fit(model, pipe.data, epochs=plan.epochs, batch_size=plan.batch_size,
                                      progress=progress, strategy=pipe.strategy, seed=plan.seed)
             if pipe.strategy is not None:
-                train_result.settings.update(strategy=type(pipe.strategy).__name__,
+                train_result.settings.update(strategy=STRATEGY_CLASSES[plan.strategy],
                                              replicas=int(pipe.strategy.num_replicas_in_sync))
         pipe.add_baseline(model, train_result)
         if plan.mode == "search" and not plan.search.explored:

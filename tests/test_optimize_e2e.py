@@ -56,10 +56,14 @@ def test_search_on_synthetic_data_returns_a_variant_and_the_pareto_set_within_bu
 
 
 @pytest.mark.slow
-def test_mirrored_strategy_trains_the_baseline_on_one_cpu_replica(tmp_path):
-    result = _run(["optimize", "zoo:lenet5", "--data", "synthetic:shapes", "--to", "tflite",
-                   "--strategy", "mirrored", "-o", str(tmp_path / "run"), "--json", "--tiny"])
-    [baseline] = json.loads(result.stdout)["variants"]
+@pytest.mark.parametrize("strategy, name", [("mirrored", "MirroredStrategy"),
+                                            ("multiworker", "MultiWorkerMirroredStrategy")])
+def test_a_distribution_strategy_trains_the_baseline_and_fine_tunes_on_one_cpu_replica(tmp_path, strategy, name):
+    """One device (this CPU) is a valid MirroredStrategy; without TF_CONFIG, multi-worker is one worker."""
+    result = _run(["optimize", "zoo:lenet5", "--data", "synthetic:shapes", "--step", "prune:sparsity=0.5",
+                   "--to", "tflite", "--strategy", strategy, "-o", str(tmp_path / "run"), "--json", "--tiny"])
+    baseline, pruned = json.loads(result.stdout)["variants"]
     settings = baseline["details"]["training"]["settings"]
-    assert settings["strategy"] == "MirroredStrategy" and settings["replicas"] == 1
+    assert settings["strategy"] == name and settings["replicas"] == 1
     assert baseline["accuracy"] is not None and baseline["artifacts"][0]["status"] == "ok"
+    assert pruned["status"] == "ok" and pruned["steps"][-1]["info"]["target_reached"] is True
