@@ -213,8 +213,8 @@ def resolve(*, model: Optional[str] = None, data: Optional[str] = None, recipe: 
     if max_accuracy_drop is not None and max_accuracy_drop < 0:
         raise UserError("--max-accuracy-drop must be >= 0 (points of top-1 accuracy)")
 
-    if model is None and data is None and not recipe and not steps and max_accuracy_drop is None:
-        recipe = DEFAULT_RECIPE          # the embedded default: `optkit optimize` alone
+    if model is None and not recipe and not steps and max_accuracy_drop is None:
+        recipe = DEFAULT_RECIPE          # no MODEL: the Lesson 14 ladder (on --data, or the embedded default)
     rec = recipes_mod.get(recipe) if recipe else None
 
     mode = rec.mode if rec else ("search" if max_accuracy_drop is not None else "chain")

@@ -265,3 +265,8 @@ def test_dry_run_imports_no_tensorflow():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY:\n" in proc.stdout + "\n" and proc.stdout.strip() == "HEAVY:"
+
+
+def test_no_model_with_data_runs_the_ladder_on_that_data():
+    plan = plan_mod.resolve(data="synthetic:shapes?classes=4")
+    assert plan.mode == "ladder" and plan.model == "zoo:lesson14" and plan.data == "synthetic:shapes?classes=4"
