@@ -270,3 +270,15 @@ def test_dry_run_imports_no_tensorflow():
 def test_no_model_with_data_runs_the_ladder_on_that_data():
     plan = plan_mod.resolve(data="synthetic:shapes?classes=4")
     assert plan.mode == "ladder" and plan.model == "zoo:lesson14" and plan.data == "synthetic:shapes?classes=4"
+
+
+@needs_compression_steps
+def test_a_toml_recipe_resolves_like_a_builtin_one(tmp_path):
+    path = tmp_path / "hard.toml"
+    path.write_text('to = ["tflite:int8"]\nepochs = 2\n[[step]]\nname = "prune"\nsparsity = 0.8\n'
+                    '[[step]]\nname = "cluster"\nclusters = 8\n')
+    plan = plan_mod.resolve(recipe=str(path), data="synthetic:shapes")
+    assert plan.recipe == "hard" and plan.epochs == 2
+    assert [(v.step.name, v.step.options.get("sparsity"), v.step.options.get("clusters"))
+            for v in plan.variants[1:]] == [("prune", 0.8, None), ("cluster", None, 8)]
+    assert [e.label for e in plan.variants[-1].exports] == ["tflite:int8"]
