@@ -79,6 +79,9 @@ def test_ladder_walks_every_rung_and_reports_the_course_rows(tmp_path):
     # Slowdowns are said, not hidden.
     for rung in report["variants"][3:]:
         d = rung["details"]
+        if d.get("repeat_of_separable"):      # nothing kept: the tuned rung measures the noise instead
+            assert not probe["kept"] and rung is report["variants"][-1]
+            continue
         slower = d["train_time_vs_separable"] > 1 / ladder.KEEP_MARGIN or d["inference_vs_separable"] > 1 / ladder.KEEP_MARGIN
         assert ("slower_than_separable" in d) == slower
     assert report["ratios_to_naive"]["Naive"]["params"] == 1.0
