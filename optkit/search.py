@@ -11,6 +11,8 @@ Order and early stopping. Families run cheapest first: post-training precisions 
 Inside a family, strengths go from gentle to aggressive; once a strength misses the goal, the
 stronger ones are hopeless (more sparsity / fewer clusters do not win accuracy back) and are
 skipped. A candidate whose Keras model already misses the goal is not exported at all.
+Then the strongest pruning and clustering that kept accuracy are stacked with QAT (PQAT, CQAT,
+and prune -> cluster -> QAT = PCQAT), each link a variant of its own.
 The budget (minutes, counted from the start of the run, baseline training included) and the
 trial count are checked before each candidate; a candidate in progress is finished.
 """
@@ -58,28 +60,56 @@ def run(pipe) -> dict:
     base_spec = plan.baseline
     baseline = pipe.records[base_spec.id]
     start = getattr(pipe, "started", None) or time.perf_counter()
-    tried, stopped, skipped = 0, None, []
+    state = {"tried": 0}
+    stopped, skipped = None, []
     known_steps = steps_mod.registry()
+    kept: Dict[str, Tuple[plan_mod.VariantSpec, Dict[str, Any]]] = {}   # family -> strongest that met the goal
 
     def out_of_budget() -> Optional[str]:
-        if spec.trials is not None and tried >= spec.trials:
+        if spec.trials is not None and state["tried"] >= spec.trials:
             return f"trial limit {spec.trials} reached"
         if spec.budget_minutes is not None and time.perf_counter() - start >= spec.budget_minutes * 60:
             return f"time budget {spec.budget_minutes:g} min reached"
         return None
 
+    def candidate(parent: plan_mod.VariantSpec, step_name: str, strength: Dict[str, Any]):
+        """Make one variant from `parent`; export it unless its Keras accuracy already misses the goal.
+        Returns (spec, met) or None when it failed or is hopeless."""
+        state["tried"] += 1
+        step = plan_mod.resolve_step(_spec(step_name, strength), epochs=plan.epochs)
+        label = _label(step_name, strength)
+        name = label if parent.parent is None else f"{parent.name}+{label}"
+        vspec = plan_mod.child(parent, step, name=name, exports=[])
+        plan.variants.append(vspec)
+        record = pipe.make_variant(vspec, not_applicable=SKIPPED)
+        if record.status != OK:
+            skipped.append(f"{record.name}: {record.status}: {record.reason}")
+            return None
+        drop = _drop(baseline.accuracy, record.accuracy)
+        if drop is not None and drop > spec.max_accuracy_drop:
+            record.details["search"] = {"hopeless": True, "accuracy_drop_points": round(drop, 2)}
+            skipped.append(f"{record.name}: Keras accuracy already {drop:.1f} points below the baseline; "
+                           "not exported")
+            return None
+        for text in EXPORTS_FOR_STEP.get(step_name, EXPORTS_FOR[spec.objective]):
+            export = plan_mod.ExportSpec.parse(text)
+            vspec.exports.append(export)
+            record.artifacts.append(pipe.export(record, pipe.models[record.id], export))
+        return vspec
+
+    # Phase 1: one technique at a time, gentle to aggressive.
     for family in FAMILIES:
         if stopped:
             break
         if family.step is None:
-            for label in family.exports:
+            for text in family.exports:
                 stopped = out_of_budget()
                 if stopped:
                     break
-                export = plan_mod.ExportSpec.parse(label)
+                export = plan_mod.ExportSpec.parse(text)
                 if export in base_spec.exports:     # already asked for with --to
                     continue
-                tried += 1
+                state["tried"] += 1
                 base_spec.exports.append(export)
                 baseline.artifacts.append(pipe.export(baseline, pipe.models[base_spec.id], export))
             continue
@@ -90,27 +120,37 @@ def run(pipe) -> dict:
             stopped = out_of_budget()
             if stopped:
                 break
-            tried += 1
-            step = plan_mod.resolve_step(_spec(family.step, strength), epochs=plan.epochs)
-            vspec = plan_mod.child(base_spec, step, name=_label(family.step, strength), exports=[])
-            plan.variants.append(vspec)
-            record = pipe.make_variant(vspec, not_applicable=SKIPPED)
-            if record.status != OK:
-                skipped.append(f"{record.name}: {record.status}; stronger {family.name} skipped")
+            made = candidate(base_spec, family.step, strength)
+            if made is None:
+                if strength is not family.strengths[-1]:
+                    skipped.append(f"stronger {family.name} skipped (hopeless)")
                 break
-            drop = _drop(baseline.accuracy, record.accuracy)
-            if drop is not None and drop > spec.max_accuracy_drop:
-                record.details["search"] = {"hopeless": True, "accuracy_drop_points": round(drop, 2)}
-                skipped.append(f"{record.name}: Keras accuracy already {drop:.1f} points below the baseline; "
-                               f"not exported, stronger {family.name} skipped")
+            kept[family.name] = (made, strength)
+
+    # Phase 2: stack the strongest settings that kept accuracy, the way tfmot composes them
+    # (prune -> QAT = PQAT, cluster -> QAT = CQAT, prune -> cluster -> QAT = PCQAT).
+    if "qat" in known_steps:
+        stacks = []
+        if "prune" in kept:
+            stacks.append((kept["prune"][0], [("qat", {})]))
+        if "cluster" in kept:
+            stacks.append((kept["cluster"][0], [("qat", {})]))
+        if "prune" in kept and "cluster" in kept:
+            stacks.append((kept["prune"][0], [("cluster", kept["cluster"][1]), ("qat", {})]))
+        for parent, chain in stacks:
+            for step_name, strength in chain:
+                stopped = stopped or out_of_budget()
+                if stopped:
+                    break
+                parent = candidate(parent, step_name, strength)
+                if parent is None:
+                    break
+            if stopped:
                 break
-            for label in EXPORTS_FOR_STEP.get(family.step, EXPORTS_FOR[spec.objective]):
-                export = plan_mod.ExportSpec.parse(label)
-                vspec.exports.append(export)
-                record.artifacts.append(pipe.export(record, pipe.models[record.id], export))
+
     spec.explored = True
     result = mark(pipe)
-    result.update(trials=tried, stopped=stopped, skipped=skipped,
+    result.update(trials=state["tried"], stopped=stopped, skipped=skipped,
                   elapsed_s=round(time.perf_counter() - start, 1))
     return result
 

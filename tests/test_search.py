@@ -89,3 +89,19 @@ def test_replaying_a_search_plan_tries_the_same_candidates(user_files, tmp_path)
     assert [[(a["format"], a["quantize"]) for a in v["artifacts"]] for v in two["variants"]] == \
         [[(a["format"], a["quantize"]) for a in v["artifacts"]] for v in one["variants"]]
     assert two["search"]["replayed"] is True and two["search"]["best"] is not None
+
+
+@pytest.mark.slow
+def test_search_stacks_the_strongest_kept_pruning_and_clustering_with_qat(user_files, tmp_path):
+    model, folder = user_files
+    _, report = _run(["optimize", str(model), "--data", str(folder), "--max-accuracy-drop", "100",
+                      "--trials", "30", "-o", str(tmp_path / "run"), "--json", "--tiny"])
+    by_name = {v["name"]: v for v in report["variants"]}
+    pqat = by_name["prune[sparsity=0.9]+qat"]
+    assert pqat["parent"] == by_name["prune[sparsity=0.9]"]["id"]
+    assert pqat["steps"][-1]["info"]["scheme"] == "pqat"
+    assert by_name["cluster[clusters=8]+qat"]["steps"][-1]["info"]["scheme"] == "cqat"
+    pcqat = by_name["prune[sparsity=0.9]+cluster[clusters=8]+qat"]
+    assert pcqat["steps"][-1]["info"]["scheme"] == "pcqat"
+    assert [a["format"] + ":" + a["quantize"] for a in pcqat["artifacts"]] == ["tflite:int8"]
+    assert report["search"]["trials"] == 19 and report["search"]["stopped"] is None
