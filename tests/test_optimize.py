@@ -212,3 +212,20 @@ def test_a_step_that_refuses_the_model_is_a_failed_row_and_its_children_are_skip
     assert base["status"] == "ok" and base["artifacts"][0]["status"] == "ok"
     assert pooled["status"] == "failed" and pooled["reason"].startswith("step pooling:")
     assert pruned["status"] == "skipped" and "unavailable" in pruned["reason"]
+
+
+def test_max_compression_recipe_ends_in_pcqat_int8_tflite(user_files, tmp_path):
+    model, folder = user_files
+    result = _invoke(["optimize", str(model), "--data", str(folder), "--recipe", "max-compression",
+                      "--epochs", "1", "-o", str(tmp_path / "run"), "--json", "--tiny"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    names = [v["name"] for v in report["variants"]]
+    assert names == ["baseline", "prune", "prune+cluster", "prune+cluster+qat"]
+    pruned, clustered, qat = report["variants"][1:]
+    assert pruned["steps"][-1]["info"]["target_reached"] is True
+    assert qat["steps"][-1]["info"]["scheme"] == "pcqat"
+    final = _artifact(report, qat["name"], "tflite:int8")
+    assert final["status"] == "ok" and final["parity"]["ok"]
+    base = _artifact(report, "baseline", "tflite:int8")
+    assert final["gzip_bytes"] < base["gzip_bytes"]      # sparsity + shared values compress
