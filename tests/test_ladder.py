@@ -35,10 +35,11 @@ def test_decide_keeps_only_settings_clearly_faster_than_float32():
 def test_inference_time_grows_with_the_work_per_step():
     keras = keras_io.keras3()
     L = keras.layers
-    small = keras.Sequential([keras.Input((16, 16, 3)), L.Conv2D(4, 3), L.GlobalAveragePooling2D()])
-    big = keras.Sequential([keras.Input((16, 16, 3)), L.Conv2D(64, 3), L.Conv2D(64, 3), L.GlobalAveragePooling2D()])
-    x = np.random.default_rng(0).random((32, 16, 16, 3), dtype=np.float32)
-    # ~250× the multiply-adds: far outside any timing noise.
+    small = keras.Sequential([keras.Input((32, 32, 3)), L.Conv2D(4, 3), L.GlobalAveragePooling2D()])
+    big = keras.Sequential([keras.Input((32, 32, 3)), L.Conv2D(128, 3), L.Conv2D(128, 3), L.GlobalAveragePooling2D()])
+    x = np.random.default_rng(0).random((32, 32, 32, 3), dtype=np.float32)
+    # ~1000× the multiply-adds (≈4 G per batch against 3.5 M): the small model's time is mostly
+    # call overhead, the big one's is compute, so the gap stays far outside timing noise.
     assert ladder.inference_ms_per_step(big, x) > 3 * ladder.inference_ms_per_step(small, x)
 
 
