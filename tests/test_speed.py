@@ -156,3 +156,18 @@ def test_amp_float32_undoes_an_earlier_mixed_policy():
     back = _apply("amp", mixed, policy="float32").model
     assert train.mixed_precision_of(back) is None
     assert {l.dtype_policy.name for l in back.layers} == {"float32"}
+
+
+@pytest.mark.slow
+def test_cpu_step_auto_measures_onednn_and_records_the_winner(tmp_path):
+    from types import SimpleNamespace
+
+    x, y = _xy(64)
+    ctx = StepContext(data=SimpleNamespace(x_train=x, y_train=y), batch_size=16, workdir=str(tmp_path))
+    result = steps.get("cpu").apply(_model(), ctx, onednn="auto", threads=0)
+    probe = result.info["probe"]
+    assert set(probe["ms_per_step"]) == {"onednn_off", "onednn_on"}
+    assert result.info["onednn"] is probe["keep"]
+    assert train.training_config(result.model).onednn is probe["keep"]
+    if probe["keep"] is not None:
+        assert result.info["environment"]["TF_ENABLE_ONEDNN_OPTS"] == ("1" if probe["keep"] else "0")
