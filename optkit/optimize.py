@@ -600,10 +600,19 @@ def _adopt_ladder(pipe: Pipeline, result: dict) -> dict:
         if parent is None:
             spec = plan_mod.VariantSpec(plan.baseline.id, v["name"], None, exports=[])
         else:
+            added = steps[len(steps_of[parent.id]):]
+            if not added:
+                # A rung that adds no step (the tuned rung when no speed setting helped) is still
+                # its own training run: name it by the ladder's key and settings.
+                details = v.get("details") or {}
+                added = [{"name": details.get("key") or v["name"],
+                          "options": {"settings": details.get("settings")}}]
             spec = parent
-            for s in steps[len(steps_of[parent.id]):]:
+            for s in added:
                 spec = plan_mod.child(spec, plan_mod.PlanStep(s.get("name", "?"), dict(s.get("options") or {})),
                                       name=v["name"], exports=[])
+            if spec.id in pipe.records:   # two rungs with the same steps: the ladder's id tells them apart
+                spec = plan_mod.child(spec, plan_mod.PlanStep("rung", {"ladder_id": v.get("id")}), exports=[])
             spec = plan_mod.VariantSpec(spec.id, v["name"], parent.id, spec.step, exports=[])
         by_ladder_id[v.get("id")] = spec
         steps_of[spec.id] = steps

@@ -21,7 +21,8 @@ def test_embedded_default_prints_the_lesson14_table_and_exports_the_final_rung(t
     result = _run(["optimize", "-o", str(out), "--tiny"])
     report = json.loads((out / "report.json").read_text())
     names = [v["name"] for v in report["variants"]]
-    assert names[:3] == ["Naive", "Pooling", "Separable"]
+    assert names[:3] == ["Naive", "Pooling", "Separable"] and names[-1].startswith("Tuned")
+    assert len({v["id"] for v in report["variants"]}) == len(names)      # every rung its own id
     assert report["plan"]["recipe"] == "lesson14" and report["plan"]["model"] == "zoo:lesson14"
     naive, pooling, separable = report["variants"][:3]
     assert separable["params"] < pooling["params"] < naive["params"]
