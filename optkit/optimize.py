@@ -485,6 +485,7 @@ def _search_summary(search: dict) -> str:
         lines.append(f"best: {best['label']} ({met}; accuracy {_pct(best.get('accuracy'))}, "
                      f"{_num(best.get('latency_ms'))} ms, {_num(best.get('gzip_bytes'))} B gzip)")
     lines.append("pareto (size, latency, accuracy): " + ", ".join(p["label"] for p in search.get("pareto", [])))
+    lines += [f"not pursued: {why}" for why in search.get("skipped", [])]
     return "\n".join(lines)
 
 

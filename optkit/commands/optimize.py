@@ -16,7 +16,7 @@ from optkit.errors import UserError
 @click.command("optimize")
 @click.argument("model", required=False)
 @click.option("--data", metavar="SRC", help="Labelled data: a folder of class sub-folders, a .npz with x/y, "
-              "tfds:NAME or synthetic:NAME. Default with no MODEL: synthetic:shapes.")
+              "tfds:NAME or synthetic:NAME. Default with no MODEL: synthetic:shapes?classes=6.")
 @click.option("--recipe", metavar="NAME|FILE.toml",
               help="lesson14 (default with no MODEL), edge-int8, max-compression, fast-cpu, or a TOML recipe.")
 @click.option("--step", "steps", multiple=True, metavar="NAME[:k=v,...]",
