@@ -6,22 +6,10 @@ import pytest
 from optkit import compression, keras_io, steps
 from optkit.errors import UserError
 
-from test_compression_helpers import context, quadrant_task, small_cnn, trained_cnn
+from test_compression_helpers import base, data, context, quadrant_task, small_cnn, trained_cnn  # noqa: F401 (fixtures)
+from test_compression_helpers import run_step as run
 
 
-@pytest.fixture(scope="module")
-def data():
-    return quadrant_task()
-
-
-@pytest.fixture(scope="module")
-def base(data):
-    return trained_cnn(data, "tf_keras")
-
-
-def run(name, model, data, history=None, epochs=1, **options):
-    step = steps.get(name)
-    return step.apply(model, context(data, epochs=epochs, history=history), **step.parse_options(options))
 
 
 @pytest.mark.parametrize("init", ["kmeans_plus_plus", "linear", "density", "random"])

@@ -76,6 +76,25 @@ def context(data, epochs=2, history=None):
     return ctx
 
 
+def run_step(name, model, data, history=None, epochs=1, **options):
+    """Apply a registered step the way the pipeline does: options parsed from k=v strings."""
+    from optkit import steps
+
+    step = steps.get(name)
+    return step.apply(model, context(data, epochs=epochs, history=history), **step.parse_options(options))
+
+
+# Shared by the prune/cluster/qat test modules (imported there by name, module-scoped in each).
+@pytest.fixture(scope="module")
+def data():
+    return quadrant_task()
+
+
+@pytest.fixture(scope="module")
+def base(data):
+    return trained_cnn(data, "tf_keras")
+
+
 # ------------------------------------------------------------------------------- tests
 
 @pytest.fixture(scope="module")

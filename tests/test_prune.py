@@ -5,20 +5,12 @@ import pytest
 from optkit import compression, keras_io, steps
 from optkit.errors import UserError
 
-from test_compression_helpers import context, nested_cnn, quadrant_task, small_cnn, trained_cnn
+from test_compression_helpers import base, data, context, nested_cnn, quadrant_task, small_cnn, trained_cnn  # noqa: F401 (fixtures)
 
 # tfmot rounds the number of weights it prunes per tensor; the bar is +-1 point.
 SPARSITY_TOL = 0.01
 
 
-@pytest.fixture(scope="module")
-def data():
-    return quadrant_task()
-
-
-@pytest.fixture(scope="module")
-def base(data):
-    return trained_cnn(data, "tf_keras")
 
 
 def prune(model, data, **options):

@@ -7,7 +7,8 @@ import exporters
 from optkit import keras_io, runner, steps
 from optkit.errors import UserError
 
-from test_compression_helpers import context, nested_cnn, quadrant_task, small_cnn, trained_cnn
+from test_compression_helpers import base, data, context, nested_cnn, quadrant_task, small_cnn, trained_cnn  # noqa: F401 (fixtures)
+from test_compression_helpers import run_step as run
 
 # A full-integer model differs from its fake-quant Keras twin by rounding: each int8 step of
 # the output is `scale` wide, and a few steps of disagreement accumulate through 3 layers.
@@ -16,19 +17,6 @@ OUTPUT_STEPS = 4
 TOP1_AGREEMENT = 0.9
 
 
-@pytest.fixture(scope="module")
-def data():
-    return quadrant_task()
-
-
-@pytest.fixture(scope="module")
-def base(data):
-    return trained_cnn(data, "tf_keras")
-
-
-def run(name, model, data, history=None, epochs=1, **options):
-    step = steps.get(name)
-    return step.apply(model, context(data, epochs=epochs, history=history), **step.parse_options(options))
 
 
 def to_int8_tflite(model, data, path):
