@@ -140,7 +140,8 @@ def rewrite(model, *, rank: int = 1, layers: Optional[List[str]] = None, skip_st
 def apply(model, ctx, *, rank=1, layers="", skip_stem=True, init="svd", epochs=-1):
     """The step: rewrite, measure the output error, fine-tune on ctx.data, measure again."""
     source = keras_io.to_keras3(model) if keras_io.flavour_of(model) != keras_io.KERAS3 else model
-    names = [n for n in layers.split("|") if n] if isinstance(layers, str) else list(layers or [])
+    # '+' like prune/cluster's `layers=` (commas already separate step options); '|' kept working.
+    names = [n for n in layers.replace("|", "+").split("+") if n] if isinstance(layers, str) else list(layers or [])
     new, per_layer = rewrite(source, rank=rank, layers=names, skip_stem=skip_stem, init=init)
     info = {"init": init, "rank": rank, "layers": per_layer,
             "layers_rewritten": sum(1 for r in per_layer if r["rewritten"]),
@@ -156,7 +157,7 @@ STEP = Step(
     apply=apply,
     options={
         "rank": (int, 1, "depth multiplier r = rank of the per-channel approximation; min(k·k, C_out) is exact"),
-        "layers": (str, "", "Conv2D layer names to rewrite, '|'-separated (default: every eligible one)"),
+        "layers": (str, "", "Conv2D layer names to rewrite, '+'-separated (default: every eligible one)"),
         "skip_stem": (bool, True, "leave the first convolution (it sees the image channels) alone"),
         "init": (str, "svd", "svd (from the original kernel) or random (Keras' default initialisers)"),
         "epochs": (int, -1, "fine-tuning epochs (-1: the run's --epochs; 0: none)"),
