@@ -34,7 +34,7 @@ def export(model, out_path, *, quantize="none", data=None, **options):
     flavour = keras_io.flavour_of(model)
     if flavour == keras_io.SAVED_MODEL:
         raise UserError("a plain SavedModel has no Keras layers to save as .keras")
-    target = model if flavour == keras_io.KERAS3 else keras_io.to_keras3(model)
+    target = keras_io.as_keras3(model)
     with _common.atomic_output(out_path) as tmp:
         target.save(tmp)
     return {"converter": "keras.Model.save", "source_flavour": flavour,

@@ -295,3 +295,13 @@ def describe(model, *, selected: Optional[Sequence[str]] = None) -> Dict[str, An
     if selected is not None:
         info["overall_sparsity"] = overall_sparsity(model, selected)
     return info
+
+
+def selection_options(verb):
+    """The layer-selection options prune and cluster share (their Step option table entries)."""
+    return {
+        "layers": (str, "", f"layer names or types to {verb}, '+'-separated (default: all weight layers)"),
+        "skip_first": (bool, False, f"leave the first weight layer out (do not {verb} it)"),
+        "skip_last": (bool, False, f"leave the last weight layer out (do not {verb} it)"),
+        "skip_unsupported": (bool, False, f"leave layers tfmot cannot {verb} unwrapped instead of failing"),
+    }

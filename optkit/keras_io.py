@@ -141,8 +141,14 @@ def flavour_of(model) -> str:
     raise UserError(f"not a Keras model: {type(model).__name__}")
 
 
-def _module_for(flavour):
+def keras_module(flavour):
+    """The Keras package of a flavour: `keras` for 'keras3', `tf_keras` for 'tf_keras'."""
     return keras3() if flavour == KERAS3 else tf_keras()
+
+
+def keras_module_of(model):
+    """The Keras package `model` belongs to, for building layers/optimizers of the same flavour."""
+    return keras_module(flavour_of(model))
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,7 +251,7 @@ def _load_keras_zip(path, unsafe):
     _refuse_lambda(config, path, unsafe)
     version = str(meta.get("keras_version", "3"))
     flavour = KERAS3 if version.startswith("3") else TF_KERAS
-    kmod = _module_for(flavour)
+    kmod = keras_module(flavour)
     # Keras copies a .keras file it loads into memory; a file name without the suffix is refused.
     src = path if path.endswith(".keras") else _linked_copy(path, ".keras")
     try:
@@ -278,7 +284,7 @@ def _load_h5(path, unsafe):
     flavour = KERAS3 if str(version).startswith("3") else TF_KERAS
     src = path if path.endswith((".h5", ".hdf5")) else _linked_copy(path, ".h5")
     try:
-        model = _call_loader(_module_for(flavour).models.load_model, src, path, compile=False)
+        model = _call_loader(keras_module(flavour).models.load_model, src, path, compile=False)
     finally:
         if src != path:
             os.unlink(src)
@@ -389,10 +395,15 @@ def _atomic_dir(path, write):
 
 def clone(model):
     """A fresh copy in the same flavour with the same weights (tfmot mutates what it is given)."""
-    kmod = _module_for(flavour_of(model))
+    kmod = keras_module_of(model)
     copy = kmod.models.clone_model(model)
     copy.set_weights(model.get_weights())
     return copy
+
+
+def as_keras3(model):
+    """`model` itself if it is Keras 3, else its Keras 3 twin (for read-only uses: no copy made)."""
+    return model if flavour_of(model) == KERAS3 else to_keras3(model)
 
 
 def to_tf_keras(model):

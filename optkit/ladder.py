@@ -122,7 +122,7 @@ def probe_onednn(model, data, *, batch_size=32, steps=PROBE_STEPS, workdir=None,
     tmp = tempfile.mkdtemp(prefix="optkit-onednn-", dir=workdir)
     model_path = os.path.join(tmp, "probe.keras")
     data_path = os.path.join(tmp, "probe.npz")
-    keras_io.save(keras_io.to_keras3(model) if keras_io.flavour_of(model) != keras_io.KERAS3 else model, model_path)
+    keras_io.save(model, model_path)   # .keras: save() hands back Keras 3 whatever the flavour
     x, y = _subset(data, steps * batch_size)
     np.savez(data_path, x=x, y=y)
     ms, errors = {}, {}

@@ -443,48 +443,16 @@ def _figures(report: dict):
     figs = []
     sized = [p for p in pts if p["size"]]
     if sized:
-        fig = Figure(figsize=(6.4, 4.4), dpi=100)
-        ax = fig.add_subplot()
-        for rt in sorted({p["runtime"] for p in sized}):
-            mine = [p for p in sized if p["runtime"] == rt]
-            ax.scatter([p["size"] / 1e6 for p in mine], [p["latency"] for p in mine], label=rt, s=36)
-        xy = [(p["size"] / 1e6, p["latency"]) for p in sized]
-        front = pareto_front(xy)
-        ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], "--", color="crimson",
-                marker="o", markerfacecolor="none", markersize=12, label="Pareto front")
-        for p, (x, y) in zip(sized, xy):
-            ax.annotate(p["label"], (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
-        _log_if_spread(ax, [x for x, _ in xy], [y for _, y in xy])
-        ax.set_xlabel("file size (MB)")
-        ax.set_ylabel("latency p50 (ms)")
-        ax.set_title("Latency vs size (lower left is better)")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        figs.append(("Latency vs size, Pareto front marked", "latency_vs_size", fig))
+        figs.append(("Latency vs size, Pareto front marked", "latency_vs_size", _front_figure(
+            Figure, sized, x=lambda p: p["size"] / 1e6, y=lambda p: p["latency"], higher_y_better=False,
+            log_y=True, xlabel="file size (MB)", ylabel="latency p50 (ms)",
+            title="Latency vs size (lower left is better)")))
     scored = [p for p in pts if p["accuracy"] is not None]
     if scored:
-        fig = Figure(figsize=(6.4, 4.4), dpi=100)
-        ax = fig.add_subplot()
-        for rt in sorted({p["runtime"] for p in scored}):
-            mine = [p for p in scored if p["runtime"] == rt]
-            ax.scatter([p["latency"] for p in mine], [100 * p["accuracy"] for p in mine], label=rt, s=36)
-        # Best trade-offs: lower latency and higher accuracy (negated, so smaller is better on both).
-        xy = [(p["latency"], -100 * p["accuracy"]) for p in scored]
-        front = pareto_front(xy)
-        ax.plot([xy[i][0] for i in front], [-xy[i][1] for i in front], "--", color="crimson",
-                marker="o", markerfacecolor="none", markersize=12, label="Pareto front")
-        for p in scored:
-            ax.annotate(p["label"], (p["latency"], 100 * p["accuracy"]), fontsize=7,
-                        xytext=(4, 4), textcoords="offset points")
-        _log_if_spread(ax, [x for x, _ in xy], [])
-        ax.set_xlabel("latency p50 (ms)")
-        ax.set_ylabel("accuracy (%)")
-        ax.set_title("Accuracy vs latency (upper left is better)")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        figs.append(("Accuracy vs latency", "accuracy_vs_latency", fig))
+        figs.append(("Accuracy vs latency", "accuracy_vs_latency", _front_figure(
+            Figure, scored, x=lambda p: p["latency"], y=lambda p: 100 * p["accuracy"], higher_y_better=True,
+            log_y=False, xlabel="latency p50 (ms)", ylabel="accuracy (%)",
+            title="Accuracy vs latency (upper left is better)")))
     # A bench report keeps raw samples: show their spread, since on a shared machine the tail
     # (p99) can be tens of times the median and a single number hides it.
     sampled = [r for r in report.get("results", [])
@@ -504,6 +472,31 @@ def _figures(report: dict):
         fig.tight_layout()
         figs.append(("Latency distribution (raw samples)", "latency_distribution", fig))
     return figs
+
+
+def _front_figure(Figure, pts, *, x, y, higher_y_better, log_y, xlabel, ylabel, title):
+    """One scatter per runtime, labelled points, and the Pareto front (smaller x is always better;
+    y is negated for the front when higher is better, so pareto_front keeps one convention)."""
+    fig = Figure(figsize=(6.4, 4.4), dpi=100)
+    ax = fig.add_subplot()
+    for rt in sorted({p["runtime"] for p in pts}):
+        mine = [p for p in pts if p["runtime"] == rt]
+        ax.scatter([x(p) for p in mine], [y(p) for p in mine], label=rt, s=36)
+    xy = [(x(p), y(p)) for p in pts]
+    sign = -1 if higher_y_better else 1
+    front = pareto_front([(a, sign * b) for a, b in xy])
+    ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], "--", color="crimson",
+            marker="o", markerfacecolor="none", markersize=12, label="Pareto front")
+    for p, (a, b) in zip(pts, xy):
+        ax.annotate(p["label"], (a, b), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    _log_if_spread(ax, [a for a, _ in xy], [b for _, b in xy] if log_y else [])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def _log_if_spread(ax, xs, ys, spread=20.0):

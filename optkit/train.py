@@ -175,7 +175,7 @@ def fit(model, data, *, epochs: int, batch_size: int = 32, learning_rate: Option
         raise UserError(f"batch size must be >= 1, got {batch_size}")
     x, y, x_val, y_val = _split(data)
     flavour = keras_io.flavour_of(model)
-    K = keras_io.keras3() if flavour == "keras3" else keras_io.tf_keras()
+    K = keras_io.keras_module(flavour)
     K.utils.set_random_seed(seed)
 
     config = training_config(model)
@@ -226,7 +226,7 @@ def compile_with_settings(model, *, learning_rate: Optional[float] = None) -> Tr
     random inputs (probabilities or logits)."""
     config = training_config(model)
     flavour = keras_io.flavour_of(model)
-    K = keras_io.keras3() if flavour == "keras3" else keras_io.tf_keras()
+    K = keras_io.keras_module(flavour)
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     probe = np.random.default_rng(0).random((4,) + shape, dtype=np.float32)
     _compile(model, K, flavour, probe, keep_compile=False, learning_rate=learning_rate,

@@ -3,7 +3,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from click.testing import CliRunner
 
@@ -32,13 +31,11 @@ def test_help_lists_every_command_without_importing_tensorflow():
     assert out.stdout.strip().endswith("noTF")
 
 
-def test_help_and_version_answer_quickly():
-    start = time.perf_counter()
+def test_version_prints_the_package_version():
+    # Speed comes from importing no TensorFlow (tested above), not from a wall-clock bound,
+    # which a loaded machine would break.
     out = _run("--version")
-    elapsed = time.perf_counter() - start
     assert out.returncode == 0 and __version__ in out.stdout
-    # Generous bound for a loaded CI machine; TensorFlow's import alone takes ~4 s.
-    assert elapsed < 2.0
 
 
 def test_unknown_command_suggests_the_close_one():

@@ -35,7 +35,7 @@ def quadrant_task(n_train=768, n_val=128, n_test=256, seed=0):
 def small_cnn(flavour="tf_keras", seed=0, extra=None):
     """Conv-BN-ReLU-Pool-Conv-GAP-Dense. BN momentum 0.9: short trainings leave 0.99 unconverged
     (STACK.md)."""
-    K = keras_io.keras3() if flavour == "keras3" else keras_io.tf_keras()
+    K = keras_io.keras_module(flavour)
     K.utils.set_random_seed(seed)
     inp = K.Input(SHAPE)
     h = K.layers.Conv2D(16, 3, padding="same", name="stem")(inp)
@@ -52,7 +52,7 @@ def small_cnn(flavour="tf_keras", seed=0, extra=None):
 
 def nested_cnn(flavour="keras3"):
     """A functional model whose conv stack is a nested Sequential (a common backbone pattern)."""
-    K = keras_io.keras3() if flavour == "keras3" else keras_io.tf_keras()
+    K = keras_io.keras_module(flavour)
     K.utils.set_random_seed(0)
     backbone = K.Sequential([K.Input(SHAPE), K.layers.Conv2D(8, 3, name="c1"), K.layers.ReLU(),
                              K.layers.Conv2D(16, 3, name="c2")], name="backbone")

@@ -136,7 +136,7 @@ def _two_inputs(kmod):
 
 @pytest.mark.parametrize("flavour", ["keras3", "tf_keras"])
 def test_multi_input_models_keep_their_input_order(tmp_path, flavour):
-    kmod = keras_io.keras3() if flavour == "keras3" else keras_io.tf_keras()
+    kmod = keras_io.keras_module(flavour)
     model = _two_inputs(kmod)
     formats = [f for f in FORMATS if f != "tensorrt"]
     for art in export_model(model, formats, tmp_path):

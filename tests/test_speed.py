@@ -8,7 +8,7 @@ from optkit.steps import StepContext, speed
 
 
 def _model(flavour="keras3", seed=0):
-    K = keras_io.keras3() if flavour == "keras3" else keras_io.tf_keras()
+    K = keras_io.keras_module(flavour)
     K.utils.set_random_seed(seed)
     return K.Sequential([K.Input((8, 8, 3)), K.layers.Conv2D(4, 3, activation="relu", name="conv"),
                          K.layers.Flatten(name="flat"), K.layers.Dense(3, name="out")])

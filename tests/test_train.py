@@ -18,7 +18,7 @@ def _bright_vs_dark(n=192, seed=0):
 
 
 def _cnn(flavour, softmax=False, seed=0):
-    K = keras_io.keras3() if flavour == "keras3" else keras_io.tf_keras()
+    K = keras_io.keras_module(flavour)
     K.utils.set_random_seed(seed)
     return K.Sequential([
         K.Input((8, 8, 3)),

@@ -116,7 +116,7 @@ def _free_name(model, wanted):
 
 
 def apply(model, ctx, *, pool="avg", epochs=-1):
-    source = keras_io.to_keras3(model) if keras_io.flavour_of(model) != keras_io.KERAS3 else model
+    source = keras_io.as_keras3(model)
     new, per_head = rewrite(source, pool=pool)
     info = {"pool": pool, "heads": per_head,
             "params_before": int(source.count_params()), "params_after": int(new.count_params())}

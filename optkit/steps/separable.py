@@ -139,7 +139,7 @@ def rewrite(model, *, rank: int = 1, layers: Optional[List[str]] = None, skip_st
 
 def apply(model, ctx, *, rank=1, layers="", skip_stem=True, init="svd", epochs=-1):
     """The step: rewrite, measure the output error, fine-tune on ctx.data, measure again."""
-    source = keras_io.to_keras3(model) if keras_io.flavour_of(model) != keras_io.KERAS3 else model
+    source = keras_io.as_keras3(model)
     # '+' like prune/cluster's `layers=` (commas already separate step options); '|' kept working.
     names = [n for n in layers.replace("|", "+").split("+") if n] if isinstance(layers, str) else list(layers or [])
     new, per_layer = rewrite(source, rank=rank, layers=names, skip_stem=skip_stem, init=init)

@@ -106,7 +106,7 @@ def output_layer_names(model):
 def with_policy(model, policy: str):
     """A copy of `model` whose layers compute in `policy`, except the output layers (kept float32 so
     softmax/logits and the loss stay in full precision) and the inputs."""
-    K = keras_io.keras3() if keras_io.flavour_of(model) == keras_io.KERAS3 else keras_io.tf_keras()
+    K = keras_io.keras_module_of(model)
     keep = set(output_layer_names(model))
 
     def clone_layer(layer):

@@ -17,48 +17,23 @@ def _app(keras, cls_name, input_shape, num_classes, name, **extra):
     return model
 
 
-def vgg16(keras, input_shape, num_classes):
-    return _app(keras, "VGG16", input_shape, num_classes, "vgg16")
+def _builder(cls_name, name, **extra):
+    """A zoo builder for one keras.applications class (the registry looks builders up by name)."""
+    def build(keras, input_shape, num_classes):
+        return _app(keras, cls_name, input_shape, num_classes, name, **extra)
+
+    build.__name__ = name
+    return build
 
 
-def resnet50(keras, input_shape, num_classes):
-    return _app(keras, "ResNet50", input_shape, num_classes, "resnet50")
-
-
-def inception_v3(keras, input_shape, num_classes):
-    return _app(keras, "InceptionV3", input_shape, num_classes, "inception_v3")
-
-
-def xception(keras, input_shape, num_classes):
-    return _app(keras, "Xception", input_shape, num_classes, "xception")
-
-
-def densenet121(keras, input_shape, num_classes):
-    return _app(keras, "DenseNet121", input_shape, num_classes, "densenet121")
-
-
-def mobilenet_v2(keras, input_shape, num_classes):
-    return _app(keras, "MobileNetV2", input_shape, num_classes, "mobilenet_v2")
-
-
-def mobilenet_v3_small(keras, input_shape, num_classes):
-    return _app(keras, "MobileNetV3Small", input_shape, num_classes, "mobilenet_v3_small",
-                include_preprocessing=False)
-
-
-def mobilenet_v3_large(keras, input_shape, num_classes):
-    return _app(keras, "MobileNetV3Large", input_shape, num_classes, "mobilenet_v3_large",
-                include_preprocessing=False)
-
-
-def nasnet_mobile(keras, input_shape, num_classes):
-    return _app(keras, "NASNetMobile", input_shape, num_classes, "nasnet_mobile")
-
-
-def efficientnet_b0(keras, input_shape, num_classes):
-    return _app(keras, "EfficientNetB0", input_shape, num_classes, "efficientnet_b0")
-
-
-def convnext_tiny(keras, input_shape, num_classes):
-    return _app(keras, "ConvNeXtTiny", input_shape, num_classes, "convnext_tiny",
-                include_preprocessing=False)
+vgg16 = _builder("VGG16", "vgg16")
+resnet50 = _builder("ResNet50", "resnet50")
+inception_v3 = _builder("InceptionV3", "inception_v3")
+xception = _builder("Xception", "xception")
+densenet121 = _builder("DenseNet121", "densenet121")
+mobilenet_v2 = _builder("MobileNetV2", "mobilenet_v2")
+mobilenet_v3_small = _builder("MobileNetV3Small", "mobilenet_v3_small", include_preprocessing=False)
+mobilenet_v3_large = _builder("MobileNetV3Large", "mobilenet_v3_large", include_preprocessing=False)
+nasnet_mobile = _builder("NASNetMobile", "nasnet_mobile")
+efficientnet_b0 = _builder("EfficientNetB0", "efficientnet_b0")
+convnext_tiny = _builder("ConvNeXtTiny", "convnext_tiny", include_preprocessing=False)
