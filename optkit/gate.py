@@ -391,7 +391,8 @@ def measure_artifacts(baseline_path, candidate_path, *, runtime=None, threads=No
                  f"(>= {min_time:g} s and {min_runs} runs each, {pa.threads} thread(s), batch {batch})")
     xa = random_inputs(pa.inputs, batch=batch, seed=seed)
     xb = random_inputs(pb.inputs, batch=batch, seed=seed)
-    a_ms, b_ms = measure_interleaved(lambda: pa(*xa), lambda: pb(*xb), warmup=warmup,
+    # Inputs set once per model: each timed call is the runtime's own (runner.Predictor.prepare).
+    a_ms, b_ms = measure_interleaved(pa.prepare(*xa), pb.prepare(*xb), warmup=warmup,
                                      min_time=min_time, min_runs=min_runs, seed=seed)
     return (SampleSet(a_ms, _artifact_meta(baseline_path, pa), str(baseline_path)),
             SampleSet(b_ms, _artifact_meta(candidate_path, pb), str(candidate_path)))

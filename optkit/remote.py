@@ -169,7 +169,7 @@ def _prepare_command(python):
 
 
 def bench_remote(artifacts: Union[str, Sequence[str]], target: str, *, threads=None, batch=1,
-                 warmup=10, min_time=1.0, min_runs=20, runtime=None, identity=None, known_hosts=None,
+                 warmup=10, min_time=1.0, min_runs=50, runtime=None, identity=None, known_hosts=None,
                  ssh_options=(), python="python3", copy_runner: Optional[bool] = None,
                  timeout: Optional[float] = None,
                  progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:

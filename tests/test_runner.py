@@ -157,6 +157,48 @@ def test_wrong_number_of_inputs_is_a_runner_error(tiny):
 
 # --- the timing loop --------------------------------------------------------------------------
 
+def test_prepared_litert_call_is_the_bare_invoke_on_inputs_set_once(tiny):
+    """The timed call is invoke() alone: the int8 input was quantized and set by prepare, so
+    invoking again (no set_tensor in between) still computes on it."""
+    p = runner.load_predictor(tiny["tflite_int8"], threads=1)
+    x, y = tiny["oracle"]["x"], tiny["oracle"]["y"]
+    (expected,) = p(x[2:3])
+    run = p.prepare(x[:1])
+    assert p.timed_call == "Interpreter.invoke" and run == p._interp.invoke
+    for _ in range(3):
+        run()
+    (out,) = p.read_outputs()
+    scale = p.outputs[0].quantization[0]
+    assert np.max(np.abs(out - y[:1])) < 6 * scale + 0.05
+    assert not np.allclose(out, expected)    # it is x[0]'s result, not the previous call's
+    (again,) = p(x[2:3])                      # the predictor still works as before afterwards
+    np.testing.assert_array_equal(again, expected)
+
+
+def test_prepared_onnx_call_picks_run_or_io_binding_and_leaves_the_predictor_usable(tiny):
+    p = runner.load_predictor(tiny["onnx"], threads=1)
+    x, y = tiny["oracle"]["x"], tiny["oracle"]["y"]
+    run = p.prepare(x)
+    assert p.timed_call in ("InferenceSession.run", "InferenceSession.run_with_iobinding")
+    run()
+    (out,) = p(x[:2])
+    np.testing.assert_allclose(out, y[:2], atol=1e-4)
+
+
+def test_bench_result_says_what_was_timed(tiny):
+    r = runner.bench_file(tiny["tflite_int8"], threads=1, warmup=1, min_time=0.0, min_runs=5)
+    assert r["timed_call"] == "Interpreter.invoke" and r["latency_ms"]["n"] == 5
+
+
+def test_default_runs_give_the_gate_its_minimum_samples():
+    from optkit import bench, gate
+    from optkit.commands.bench import bench_cmd
+
+    cli_default = next(o.default for o in bench_cmd.params if o.name == "min_runs")
+    assert cli_default == bench.MIN_RUNS == runner.MIN_RUNS >= gate.DEFAULT_MIN_SAMPLES
+    assert runner._parse_args(["m.tflite"]).min_runs == runner.MIN_RUNS
+
+
 def test_measure_runs_until_both_min_time_and_min_runs():
     calls = []
     stats = runner.measure(lambda: calls.append(1), warmup=3, min_time=0.05, min_runs=7)

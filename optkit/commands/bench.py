@@ -23,8 +23,8 @@ import click
               help="Untimed calls after the cold one.")
 @click.option("--min-time", type=click.FloatRange(0), default=1.0, show_default=True,
               help="Keep timing for at least this many seconds...")
-@click.option("--min-runs", type=click.IntRange(1), default=20, show_default=True,
-              help="...and at least this many calls.")
+@click.option("--min-runs", type=click.IntRange(1), default=50, show_default=True,
+              help="...and at least this many calls (optkit gate needs 30 a side).")
 @click.option("--data", "data_src", default=None, metavar="SRC",
               help="Labelled data for accuracy (image folder, .npz, tfds:NAME, synthetic:NAME). "
                    "Without it: output agreement with the first artifact.")
