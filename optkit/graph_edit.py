@@ -115,22 +115,48 @@ def rebuild(model, replace: Dict[str, Sequence], weights: Optional[Dict[str, Lis
 
     config = copy.deepcopy(model.get_config())
     keras = keras_io.keras3()
-    if type(model).__name__ == "Sequential" or "input_layers" not in config:
+    if _is_sequential(model, config):
         config["layers"] = _splice_sequential(config["layers"], replace, keras)
-        cls = keras.Sequential
     else:
         config = _splice_functional(config, replace, keras)
-        cls = keras.Model
+    return _from_config(model, config, weights, skip=set(replace))
+
+
+def rebuild_with_config_changes(model, changes: Dict[str, Dict], weights: Dict[str, List]):
+    """A new model in which some layers' config entries are changed (e.g. `filters`) and their
+    weights replaced; every layer is rebuilt from the tensors it is called on, so a change of
+    width propagates to the layers after it (whose new weights must then be given too)."""
+    check_rebuildable(model)
+    config = copy.deepcopy(model.get_config())
+    unknown = set(changes) - {l.name for l in model.layers}
+    if unknown:
+        raise ValueError(f"no top-level layers named {sorted(unknown)}")
+    for entry in config["layers"]:
+        cfg = entry.get("config") or {}
+        name = entry.get("name") or cfg.get("name")
+        cfg.update(changes.get(name, {}))
+        # A recorded build shape would build the layer at its old width before it is called.
+        entry.pop("build_config", None)
+    return _from_config(model, config, dict(weights))
+
+
+def _is_sequential(model, config):
+    return type(model).__name__ == "Sequential" or "input_layers" not in config
+
+
+def _from_config(model, config, weights, skip=frozenset()):
+    keras = keras_io.keras3()
+    cls = keras.Sequential if _is_sequential(model, config) else keras.Model
     from keras.src.saving import serialization_lib   # safe mode off: the model is already in memory
 
     with serialization_lib.SafeModeScope(False):
         new = cls.from_config(config)
 
-    replaced = set(replace)
+    top_level = {l.name for l in model.layers}
     for layer in new.layers:
         if layer.name in weights:
             layer.set_weights(weights.pop(layer.name))
-        elif layer.name not in replaced and layer.name in top_level:
+        elif layer.name not in skip and layer.name in top_level:
             layer.set_weights(model.get_layer(layer.name).get_weights())
     if weights:
         raise ValueError(f"weights given for layers not in the rebuilt model: {sorted(weights)}")

@@ -24,11 +24,12 @@ def summarize(loaded: keras_io.LoadedModel) -> dict:
         "flavour": loaded.flavour,
         "params": int(model.count_params()),
         "trainable_params": int(sum(math.prod(w.shape) for w in model.trainable_weights)),
-        "flops": int(sum(multiply_adds(layer) for layer in layers)),
+        "flops": total_multiply_adds(model),
         "inputs": _specs(keras_io.input_specs(model)),
         "outputs": _specs(keras_io.output_specs(model)),
         "layers": dict(sorted(Counter(type(l).__name__ for l in layers).items())),
         "rewrites": _rewrites(model, loaded.flavour),
+        "channel_pruning": _channel_pruning(model),
     }
 
 
@@ -42,6 +43,11 @@ def _leaf_layers(model):
             yield from _leaf_layers(layer)
         else:
             yield layer
+
+
+def total_multiply_adds(model) -> int:
+    """Multiply-adds of one inference at batch 1, summed over the layers (see multiply_adds)."""
+    return int(sum(multiply_adds(layer) for layer in _leaf_layers(model)))
 
 
 def multiply_adds(layer) -> int:
@@ -84,6 +90,16 @@ def _rewrites(model, flavour):
     if k3 is None:
         return {"separable": 0, "pooling": False, "note": "model cannot be expressed in Keras 3"}
     return {"separable": separable.eligible_count(k3), "pooling": pooling.applicable(k3)}
+
+
+def _channel_pruning(model):
+    """Which channel groups `channel_prune` can shrink, answered by the step itself."""
+    from optkit.steps import channel_prune
+
+    try:
+        return channel_prune.inspect(model)
+    except Exception as exc:   # reporting only: a graph optkit cannot read must not hide the rest
+        return {"prunable_groups": 0, "note": f"not analysed: {type(exc).__name__}: {exc}"[:200]}
 
 
 def _as_keras3(model):

@@ -39,4 +39,11 @@ def render(info: dict) -> str:
     rw = info["rewrites"]
     lines.append(f"rewrites   separable: {rw['separable']} Conv2D eligible (stem excluded); "
                  f"pooling: {'Flatten->Dense head can become global pooling' if rw['pooling'] else 'not applicable'}")
+    cp = info.get("channel_pruning")
+    if cp:
+        tied = sum(1 for g in cp.get("groups", []) if g.get("tied"))
+        lines.append(f"channels   channel_prune can shrink {cp['prunable_groups']} groups "
+                     f"({cp.get('prunable_channels', 0):,} channels, {tied} tied across layers)")
+        for fixed in cp.get("fixed", [])[:3]:
+            lines.append(f"           fixed: {'+'.join(fixed['producers'])} ({fixed['why']})")
     return "\n".join(lines)
