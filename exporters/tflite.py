@@ -18,7 +18,7 @@ NAME = "tflite"
 SUFFIX = ".tflite"
 PRECISIONS = ("none", "dynamic", "float16", "int8")
 
-OPTIONS = ("int8_io", "allow_float", "calibration_samples")
+OPTIONS = ("int8_io", "allow_float", "calibration_samples", "sparse")
 
 
 def available():
@@ -40,15 +40,34 @@ def export(model, out_path, *, quantize="none", data=None, **options):
     allow_float (bool, default False): for int8, let ops with no int8 kernel stay float instead
         of failing the conversion.
     calibration_samples (int, default 100): representative samples for int8.
+    sparse (bool, default False): keep pruned weights in the converter's sparse encoding
+        (EXPERIMENTAL_SPARSITY), measured against the dense conversion; where LiteRT's XNNPACK
+        cannot run it the dense model is written and `details["sparse"]` says why (exporters/_sparse.py).
     """
     _common.check_request(NAME, PRECISIONS, OPTIONS, quantize, options)
+    details = {"converter": "TFLiteConverter", "quantize": quantize}
+    flatbuffer = _convert(model, quantize, data, options, details, sparse=bool(options.get("sparse", False)))
+    if options.get("sparse", False):
+        from exporters import _sparse
+
+        flatbuffer, details["sparse"] = _sparse.keep_if_it_runs(
+            flatbuffer, lambda: _convert(model, quantize, data, options, {}, sparse=False))
+    with _common.atomic_output(out_path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(flatbuffer)
+    details.update(inspect(out_path))
+    return details
+
+
+def _convert(model, quantize, data, options, details, *, sparse):
     from optkit import keras_io
 
     tf = keras_io.tf()
     converter = _converter(model, tf)
-    details = {"converter": "TFLiteConverter", "quantize": quantize}
     if quantize in ("dynamic", "float16", "int8"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if sparse:
+        converter.optimizations = list(converter.optimizations) + [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
     if quantize == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if quantize == "int8":
@@ -69,12 +88,7 @@ def export(model, out_path, *, quantize="none", data=None, **options):
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
     with _common.quiet_stdout():  # Keras 3's export prints "Saved artifact at ..." on stdout
-        flatbuffer = converter.convert()
-    with _common.atomic_output(out_path) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(flatbuffer)
-    details.update(inspect(out_path))
-    return details
+        return converter.convert()
 
 
 def _converter(model, tf):

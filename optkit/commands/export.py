@@ -134,4 +134,9 @@ def render_table(artifacts):
         rows.append((a.format, a.quantize, a.status, _mb(a.size_bytes), _mb(a.gzip_bytes), max_abs, top1, where))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
+    for a in artifacts:   # --option tflite:sparse=true: whether the sparse encoding was kept, and what it bought
+        sparse = (a.details or {}).get("sparse")
+        if sparse:
+            lines.append(f"{a.format} {a.quantize} sparse: " + (sparse.get("note") if sparse.get("applied")
+                                                                else "not applied: " + sparse.get("reason", "")))
     return "\n".join(lines)
