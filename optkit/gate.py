@@ -1,19 +1,31 @@
 """The latency gate: is a candidate slower than its baseline, beyond noise and beyond a tolerance?
 
-A regression needs two things at once (issue 7):
-  * evidence   - a one-sided Mann-Whitney U test says the candidate's latencies are stochastically
-                 larger than the baseline's, p < alpha (default 0.01). Rank-based, so the long right
-                 tail that every latency distribution has on a shared machine does not swamp it.
-  * magnitude  - the candidate's median is more than `max_slowdown` above the baseline's median.
-                 With hundreds of samples a 1 % slowdown is "significant"; it is not a regression
-                 the user cares about.
+Two statistics are compared, each needing two things at once to call a regression:
+  * median  - evidence: a one-sided Mann-Whitney U test says the candidate's latencies are
+              stochastically larger, p < alpha (default 0.01); magnitude: the median ratio is above
+              1 + `max_slowdown` (default 10 %). With hundreds of samples a 1 % slowdown is
+              "significant"; it is not a regression the user cares about.
+  * p90     - the tail, which the median cannot see (one call in three 3x slower leaves the median
+              where it was): evidence: the one-sided (1 - alpha) lower confidence bound of the p90
+              ratio is above 1, from a percentile bootstrap (scipy.stats.bootstrap) of the log ratio,
+              which held its nominal rate on skewed and bimodal latencies where a normal-theory
+              interval did not; magnitude: the p90 ratio is above 1 + `max_tail_slowdown` (20 %;
+              never stricter than `max_slowdown`, so a tolerated uniform slowdown passes).
 Too few samples in either set -> "inconclusive": the test has no power there, and a gate that
 passes because it could not see is worse than one that says so. A slowdown above the tolerance
-that is not significant is also "inconclusive" (measure more), never a silent pass.
+that is not significant is also "inconclusive" (measure more), never a silent pass - except in the
+tail with fewer than TAIL_MIN_SAMPLES a side, where a p90 rests on a handful of calls: there it
+can still prove a regression, and an unproven excess is a note with the rerun that would settle it.
+Every inconclusive result carries the exact command to rerun (`rerun`).
 
 Beside latency, deterministic checks compare what does not need statistics: file size,
 parameters, FLOPs (when the bench JSON carries them) and the validation status. Every result
 says which test and which numbers decided it (`decided_by`).
+
+Baseline and candidate measured on different devices, or with different threads or batch, do
+not compare: the gate refuses them (exit 2) unless told to go on (then it warns); a different
+runtime or runtime version is only a warning, since it may be the change under test
+(optkit.comparable decides which is which).
 
 Samples come either from two bench JSON files with raw `samples_ms`, or are measured now by
 `measure_interleaved`, alternating baseline and candidate call by call in one process so that
@@ -26,16 +38,29 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from optkit import comparable
 from optkit.errors import UserError
 
 PASS, REGRESSION, INCONCLUSIVE = "pass", "regression", "inconclusive"
 
 DEFAULT_ALPHA = 0.01
 DEFAULT_MAX_SLOWDOWN = 0.10
+# The tail: which quantile, and how much slower it may get. Tails move more than medians from run
+# to run, so their tolerance is wider (benchmarks/gate_power.py measured the A/A spread).
+TAIL_QUANTILE = 0.90
+TAIL_NAME = f"p{round(TAIL_QUANTILE * 100)}"
+DEFAULT_MAX_TAIL_SLOWDOWN = 0.20
+# Ten calls above the p90 on each side before an unproven p90 excess makes the gate inconclusive.
+TAIL_MIN_SAMPLES = 100
+# Bootstrap size, and the samples a side it resamples from (a seeded random subset beyond that:
+# 2000 samples pin a p90 to about 1 %, and the resampling cost grows with the count).
+BOOTSTRAP_RESAMPLES = 1999
+BOOTSTRAP_MAX_SAMPLES = 2000
 # Below ~20 samples a one-sided U test at alpha 0.01 needs an almost perfect separation of the
 # two sets to reject; 30 keeps it usable while still demanding more than a handful of runs.
 DEFAULT_MIN_SAMPLES = 30
@@ -79,6 +104,10 @@ class GateResult:
     test: str = "mann-whitney-u (one-sided: candidate slower)"
     checks: List[Check] = field(default_factory=list)
     confirmation: Optional[Dict[str, Any]] = None   # the rerun's own result, when --confirm ran
+    statistic: str = "median"       # what decided: median | p90 | median+p90 | samples | a check's name
+    tail: Optional[Dict[str, Any]] = None           # the p90 comparison (Stat.to_json)
+    max_tail_slowdown: float = DEFAULT_MAX_TAIL_SLOWDOWN
+    rerun: Optional[str] = None     # for an inconclusive result: the command that would settle it
 
     @property
     def exit_code(self):
@@ -98,6 +127,10 @@ class GateResult:
             "min_samples": self.min_samples,
             "test": self.test,
             "decided_by": self.decided_by,
+            "statistic": self.statistic,
+            "tail": self.tail,
+            "max_tail_slowdown": self.max_tail_slowdown,
+            "rerun": self.rerun,
             "checks": [c.to_json() for c in self.checks],
             "confirmation": self.confirmation,
         }
@@ -128,14 +161,46 @@ def format_p(p) -> str:
 
 
 # ----------------------------------------------------------------------------------- latency test
+def _scipy_stats():
+    try:
+        from scipy import stats
+    except ImportError:
+        raise UserError("the latency gate needs scipy for its tests: "
+                        "pip install 'optkit[report]' (or pip install scipy)") from None
+    return stats
+
+
 def _mann_whitney_greater(candidate: Sequence[float], baseline: Sequence[float]) -> float:
     """p-value of H1: candidate latencies are stochastically greater than the baseline's."""
-    try:
-        from scipy.stats import mannwhitneyu
-    except ImportError:
-        raise UserError("the latency gate needs scipy for the Mann-Whitney U test: "
-                        "pip install 'optkit[report]' (or pip install scipy)") from None
-    return float(mannwhitneyu(candidate, baseline, alternative="greater").pvalue)
+    return float(_scipy_stats().mannwhitneyu(candidate, baseline, alternative="greater").pvalue)
+
+
+def quantile_shift(baseline: Sequence[float], candidate: Sequence[float], q: float = TAIL_QUANTILE,
+                   alpha: float = DEFAULT_ALPHA, seed: int = 0) -> Tuple[float, float, float]:
+    """(ratio, lower bound, p): the candidate's q-quantile over the baseline's, the one-sided
+    (1 - alpha) lower confidence bound of that ratio, and the bootstrap p-value of "not slower".
+
+    A percentile bootstrap of log(q_cand / q_base), resampling each set on its own
+    (scipy.stats.bootstrap). Seeded, so the same samples always give the same decision.
+    """
+    import numpy as np
+
+    stats = _scipy_stats()
+    rng = np.random.default_rng(seed)
+    base, cand = np.asarray(baseline, float), np.asarray(candidate, float)
+    ratio = float(np.quantile(cand, q) / np.quantile(base, q))
+    base, cand = (x if len(x) <= BOOTSTRAP_MAX_SAMPLES else rng.choice(x, BOOTSTRAP_MAX_SAMPLES, replace=False)
+                  for x in (base, cand))
+
+    def log_ratio(c, b, axis):
+        return np.log(np.quantile(c, q, axis=axis) / np.quantile(b, q, axis=axis))
+
+    res = stats.bootstrap((cand, base), log_ratio, vectorized=True, paired=False,
+                          n_resamples=BOOTSTRAP_RESAMPLES, batch=max(1, int(2e6 // max(len(base), len(cand)))),
+                          confidence_level=1 - alpha, alternative="greater", method="percentile", rng=rng)
+    dist = res.bootstrap_distribution
+    p = float((np.sum(dist <= 0) + 1) / (len(dist) + 1))
+    return ratio, float(math.exp(res.confidence_interval.low)), p
 
 
 def _median(values: Sequence[float]) -> float:
@@ -155,42 +220,104 @@ def _clean_samples(samples, label) -> List[float]:
     return values
 
 
+@dataclass
+class Stat:
+    """One statistic's comparison: median or p90."""
+
+    name: str
+    baseline_ms: float
+    candidate_ms: float
+    ratio: float
+    limit: float
+    significant: bool
+    text: str                      # the numbers, for decided_by
+    decision: str = PASS
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self):
+        return dict({"statistic": self.name, "baseline_ms": _round(self.baseline_ms, 6),
+                     "candidate_ms": _round(self.candidate_ms, 6), "ratio": _round(self.ratio, 6),
+                     "limit": round(self.limit, 6), "significant": self.significant,
+                     "decision": self.decision}, **self.extra)
+
+
+def _median_stat(base, cand, alpha, max_slowdown) -> Stat:
+    med_b, med_c = _median(base), _median(cand)
+    if med_b <= 0:
+        raise UserError("baseline median latency is 0 ms; the timer resolution is too coarse to compare")
+    ratio, p, limit = med_c / med_b, _mann_whitney_greater(cand, base), 1.0 + max_slowdown
+    text = (f"median {med_b:.4g} -> {med_c:.4g} ms (ratio {ratio:.3f}, limit {limit:.3f}), "
+            f"Mann-Whitney U one-sided {format_p(p)} (alpha {alpha:g})")
+    return Stat("median", med_b, med_c, ratio, limit, p < alpha, text, extra={"p_value": p})
+
+
+def _tail_stat(base, cand, alpha, max_tail_slowdown) -> Optional[Stat]:
+    import numpy as np
+
+    q_b, q_c = float(np.quantile(base, TAIL_QUANTILE)), float(np.quantile(cand, TAIL_QUANTILE))
+    if q_b <= 0:
+        return None
+    ratio, low, p = quantile_shift(base, cand, TAIL_QUANTILE, alpha)
+    name, limit = TAIL_NAME, 1.0 + max_tail_slowdown
+    text = (f"{name} {q_b:.4g} -> {q_c:.4g} ms (ratio {ratio:.3f}, limit {limit:.3f}), bootstrap "
+            f"{100 * (1 - alpha):g}% lower bound {low:.3f} ({'>' if low > 1 else '<='} 1)")
+    return Stat(name, q_b, q_c, ratio, limit, low > 1.0, text,
+                extra={"quantile": TAIL_QUANTILE, "ratio_lower_bound": round(low, 6), "p_value": p,
+                       "confidence": 1 - alpha, "method": "percentile bootstrap of the log quantile ratio"})
+
+
 def latency_decision(baseline_ms, candidate_ms, *, alpha=DEFAULT_ALPHA,
-                     max_slowdown=DEFAULT_MAX_SLOWDOWN, min_samples=DEFAULT_MIN_SAMPLES) -> GateResult:
-    """Decide on latency alone from two sample sets (milliseconds)."""
+                     max_slowdown=DEFAULT_MAX_SLOWDOWN, min_samples=DEFAULT_MIN_SAMPLES,
+                     max_tail_slowdown=DEFAULT_MAX_TAIL_SLOWDOWN) -> GateResult:
+    """Decide on latency alone from two sample sets (milliseconds): the median and the p90."""
     base = _clean_samples(baseline_ms, "baseline")
     cand = _clean_samples(candidate_ms, "candidate")
     if not 0 < alpha < 1:
         raise UserError(f"alpha must be between 0 and 1, got {alpha}")
     if min_samples < 2:
         raise UserError(f"min-samples must be at least 2, got {min_samples}")
-    common = dict(n_baseline=len(base), n_candidate=len(cand), alpha=alpha,
-                  max_slowdown=max_slowdown, min_samples=min_samples)
+    common = dict(n_baseline=len(base), n_candidate=len(cand), alpha=alpha, max_slowdown=max_slowdown,
+                  min_samples=min_samples, max_tail_slowdown=max_tail_slowdown)
     if len(base) < min_samples or len(cand) < min_samples:
         med_b = _median(base) if base else None
         med_c = _median(cand) if cand else None
         ratio = med_c / med_b if med_b and med_c is not None else None
         return GateResult(INCONCLUSIVE, ratio, None, baseline_median_ms=med_b, candidate_median_ms=med_c,
+                          statistic="samples",
                           decided_by=(f"too few samples: baseline n={len(base)}, candidate n={len(cand)}, "
                                       f"need at least {min_samples} each"), **common)
-    med_b, med_c = _median(base), _median(cand)
-    if med_b <= 0:
-        raise UserError("baseline median latency is 0 ms; the timer resolution is too coarse to compare")
-    ratio = med_c / med_b
-    p = _mann_whitney_greater(cand, base)
-    limit = 1.0 + max_slowdown
-    numbers = (f"median {med_b:.4g} -> {med_c:.4g} ms (ratio {ratio:.3f}, limit {limit:.3f}), "
-               f"Mann-Whitney U one-sided {format_p(p)} (alpha {alpha:g}), n={len(base)}/{len(cand)}")
-    if p < alpha and ratio > limit:
-        decision, why = REGRESSION, "latency regression: significant AND above the tolerance"
-    elif ratio > limit:
-        decision, why = INCONCLUSIVE, "slowdown above the tolerance but not significant (measure more)"
-    elif p < alpha:
-        decision, why = PASS, "pass: significantly slower but within the tolerance"
+    median = _median_stat(base, cand, alpha, max_slowdown)
+    # The tail may always slow down as much as the median may: a uniform slowdown the user
+    # tolerates (--max-slowdown 50%) must not fail on the p90 instead.
+    tail = _tail_stat(base, cand, alpha, max(max_tail_slowdown, max_slowdown))
+    # An unproven p90 excess on a few samples is a note, not an inconclusive gate (module doc).
+    tail_conclusive = min(len(base), len(cand)) >= TAIL_MIN_SAMPLES
+    for stat, can_be_inconclusive in ((median, True), (tail, tail_conclusive)):
+        if stat is None or stat.ratio <= stat.limit:
+            continue
+        stat.decision = REGRESSION if stat.significant else (INCONCLUSIVE if can_be_inconclusive else PASS)
+    stats = [x for x in (median, tail) if x is not None]
+    regressed = [x for x in stats if x.decision == REGRESSION]
+    unsure = [x for x in stats if x.decision == INCONCLUSIVE]
+    if regressed:
+        decision, deciding = REGRESSION, regressed
+        why = f"latency regression in the {' and '.join(x.name for x in regressed)}: significant AND above the tolerance"
+    elif unsure:
+        decision, deciding = INCONCLUSIVE, unsure
+        why = (f"{' and '.join(x.name for x in unsure)} slowdown above the tolerance but not significant "
+               "(measure more)")
     else:
-        decision, why = PASS, "pass: no significant slowdown beyond the tolerance"
-    return GateResult(decision, ratio, p, baseline_median_ms=med_b, candidate_median_ms=med_c,
-                      decided_by=f"{why}; {numbers}", **common)
+        decision, deciding = PASS, stats
+        why = ("pass: significantly slower but within the tolerance" if median.significant
+               else "pass: no significant slowdown beyond the tolerance")
+    others = [x for x in stats if x not in deciding]
+    numbers = "; ".join(x.text for x in deciding + others) + f"; n={len(base)}/{len(cand)}"
+    if tail is not None and not tail_conclusive and tail.ratio > tail.limit and not tail.significant:
+        numbers += (f"; note: the {tail.name} looks {tail.ratio:.2f}x slower but {min(len(base), len(cand))} "
+                    f"samples cannot tell (at least {TAIL_MIN_SAMPLES} a side can)")
+    return GateResult(decision, median.ratio, median.extra["p_value"], baseline_median_ms=median.baseline_ms,
+                      candidate_median_ms=median.candidate_ms, statistic="+".join(x.name for x in deciding),
+                      tail=tail.to_json() if tail else None, decided_by=f"{why}; {numbers}", **common)
 
 
 # ---------------------------------------------------------------------------- deterministic checks
@@ -216,8 +343,8 @@ def _validation_ok(meta) -> Optional[bool]:
 
 def deterministic_checks(baseline_meta: Dict[str, Any], candidate_meta: Dict[str, Any], *,
                          max_growth=DEFAULT_MAX_GROWTH) -> List[Check]:
-    """Size, parameters, FLOPs (growth above `max_growth` fails), validation; warnings when the
-    two were measured with different runtime/threads/batch or on different devices."""
+    """Size, parameters, FLOPs (growth above `max_growth` fails), validation, and whether the
+    two were measured alike (`same_environment`: pass, or warn listing what differs)."""
     checks = []
     limit = 1.0 + max_growth
     for name, keys in (("size_bytes", ("size_bytes",)), ("params", ("params", "parameters")),
@@ -237,33 +364,41 @@ def deterministic_checks(baseline_meta: Dict[str, Any], candidate_meta: Dict[str
     else:
         checks.append(Check("validation", "pass" if vc else "fail", vb, vc, True,
                             "candidate validated" if vc else "candidate failed validation"))
-    differ = [f"{k} {baseline_meta[k]} vs {candidate_meta[k]}" for k in ("runtime", "threads", "batch")
-              if baseline_meta.get(k) is not None and candidate_meta.get(k) is not None
-              and baseline_meta[k] != candidate_meta[k]]
+    refused, warned = comparable.differences(baseline_meta, candidate_meta)
+    differ = refused + warned
     if differ:
-        checks.append(Check("same_settings", "warn", None, None, None,
-                            "baseline and candidate ran with different settings: " + ", ".join(differ)))
-    db, dc = baseline_meta.get("device"), candidate_meta.get("device")
-    if db and dc and db != dc:
-        # Latencies from two machines (or two configurations) do not compare; say so loudly.
-        diff = sorted(k for k in set(db) | set(dc) if db.get(k) != dc.get(k))
-        checks.append(Check("same_device", "warn", None, None, None,
-                            "baseline and candidate were measured on different devices/settings: "
-                            + ", ".join(diff)))
+        checks.append(Check("same_environment", "warn", None, None, None,
+                            "baseline and candidate were measured differently: " + "; ".join(differ)))
+    elif comparable.recorded(baseline_meta) and comparable.recorded(candidate_meta):
+        checks.append(Check("same_environment", "pass", None, None, None,
+                            "same device, runtime, threads and batch as far as recorded"))
+    else:
+        checks.append(Check("same_environment", "skipped", None, None, None, "no settings or device recorded"))
     return checks
 
 
 def decide(baseline_ms, candidate_ms, *, baseline_meta=None, candidate_meta=None,
            alpha=DEFAULT_ALPHA, max_slowdown=DEFAULT_MAX_SLOWDOWN, min_samples=DEFAULT_MIN_SAMPLES,
-           max_growth=DEFAULT_MAX_GROWTH) -> GateResult:
-    """Latency decision plus deterministic checks; a failed check is a regression on its own."""
+           max_growth=DEFAULT_MAX_GROWTH, max_tail_slowdown=DEFAULT_MAX_TAIL_SLOWDOWN,
+           allow_env_mismatch=False) -> GateResult:
+    """Latency decision plus deterministic checks; a failed check is a regression on its own.
+
+    Samples from different devices, threads or batch sizes raise UserError (exit 2) unless
+    `allow_env_mismatch`, which turns the refusal into the `same_environment` warning.
+    """
+    refused, _ = comparable.differences(baseline_meta or {}, candidate_meta or {})
+    if refused and not allow_env_mismatch:
+        raise UserError("baseline and candidate were measured on different devices or settings ("
+                        + "; ".join(refused) + "): their latencies do not compare. Measure both on one "
+                        "device with the same threads and batch, or pass --allow-env-mismatch")
     result = latency_decision(baseline_ms, candidate_ms, alpha=alpha, max_slowdown=max_slowdown,
-                              min_samples=min_samples)
+                              min_samples=min_samples, max_tail_slowdown=max_tail_slowdown)
     result.checks = deterministic_checks(baseline_meta or {}, candidate_meta or {}, max_growth=max_growth)
     failed = [c for c in result.checks if c.status == "fail"]
     if failed:
         latency_part = f"latency alone: {result.decision} ({result.decided_by})"
         result.decision = REGRESSION
+        result.statistic = "+".join(c.name for c in failed)
         result.decided_by = ("deterministic check failed: "
                              + "; ".join(f"{c.name} {c.baseline} -> {c.candidate} ({c.reason})" for c in failed)
                              + f"; {latency_part}")
@@ -367,7 +502,8 @@ def _artifact_meta(path, predictor) -> Dict[str, Any]:
     from optkit import device
 
     return {"path": str(path), "size_bytes": os.path.getsize(path),
-            "runtime": getattr(predictor, "runtime", None),
+            "runtime": getattr(predictor, "runtime", None), "threads": getattr(predictor, "threads", None),
+            "timed_call": getattr(predictor, "timed_call", None),
             "device": device.fingerprint(threads=getattr(predictor, "threads", None),
                                          runtime=getattr(predictor, "runtime", None))}
 
@@ -401,11 +537,13 @@ def measure_artifacts(baseline_path, candidate_path, *, runtime=None, threads=No
 def run_gate(baseline, candidate, *, alpha=DEFAULT_ALPHA, max_slowdown=DEFAULT_MAX_SLOWDOWN,
              min_samples=DEFAULT_MIN_SAMPLES, max_growth=DEFAULT_MAX_GROWTH, confirm=False,
              runtime=None, threads=None, batch=1, warmup=10, min_time=2.0,
+             max_tail_slowdown=DEFAULT_MAX_TAIL_SLOWDOWN, allow_env_mismatch=False,
              progress: Optional[Callable[[str], None]] = None) -> GateResult:
     """The whole gate: two bench JSON files, or two artifacts measured now (interleaved).
 
     With `confirm`, a first "regression" on artifacts is re-measured from scratch; it stands only
-    if the rerun also says regression, otherwise the result is "inconclusive".
+    if the rerun also says regression, otherwise the result is "inconclusive". An inconclusive
+    result gets `rerun`: the exact commands that would give it the samples it lacked.
     """
     say = progress or (lambda msg: None)
     kinds = (is_bench_json(baseline), is_bench_json(candidate))
@@ -413,14 +551,29 @@ def run_gate(baseline, candidate, *, alpha=DEFAULT_ALPHA, max_slowdown=DEFAULT_M
         # A time measured now against one measured earlier compares two machine states, not two models.
         raise UserError("give two bench JSON files or two artifacts, not one of each: "
                         "latencies measured at different times do not compare")
-    opts = dict(alpha=alpha, max_slowdown=max_slowdown, min_samples=min_samples, max_growth=max_growth)
+    opts = dict(alpha=alpha, max_slowdown=max_slowdown, min_samples=min_samples, max_growth=max_growth,
+                max_tail_slowdown=max_tail_slowdown, allow_env_mismatch=allow_env_mismatch)
+    # The options as typed on the command line, for the rerun hint (defaults left out).
+    flags = [(f, v) for f, v, default in (
+        ("--max-slowdown", f"{max_slowdown * 100:g}%", f"{DEFAULT_MAX_SLOWDOWN * 100:g}%"),
+        ("--max-tail-slowdown", f"{max_tail_slowdown * 100:g}%", f"{DEFAULT_MAX_TAIL_SLOWDOWN * 100:g}%"),
+        ("--max-growth", f"{max_growth * 100:g}%", f"{DEFAULT_MAX_GROWTH * 100:g}%"),
+        ("--alpha", f"{alpha:g}", f"{DEFAULT_ALPHA:g}"), ("--min-samples", min_samples, DEFAULT_MIN_SAMPLES),
+        ("--allow-env-mismatch", allow_env_mismatch, False)) if v != default]
     if kinds[0]:
         if confirm:
             raise UserError("--confirm re-measures, which needs artifacts, not bench JSON files")
         a, b = load_bench_json(baseline), load_bench_json(candidate)
-        return decide(a.samples_ms, b.samples_ms, baseline_meta=a.meta, candidate_meta=b.meta, **opts)
+        result = decide(a.samples_ms, b.samples_ms, baseline_meta=a.meta, candidate_meta=b.meta, **opts)
+        if result.decision == INCONCLUSIVE:
+            _add_rerun(result, _bench_rerun([a, b], _needed_runs(result))
+                       + " && " + _command(["optkit", "gate", "-a", baseline, "-b", candidate], flags))
+        return result
     measure = dict(runtime=runtime, threads=threads, batch=batch, warmup=warmup, min_time=min_time,
                    min_runs=min_samples)
+    flags += [(f, v) for f, v, default in (("--runtime", runtime, None), ("--threads", threads, None),
+                                           ("--batch", batch, 1), ("--warmup", warmup, 10),
+                                           ("--confirm", confirm, False)) if v != default]
     a, b = measure_artifacts(baseline, candidate, seed=0, progress=say, **measure)
     result = decide(a.samples_ms, b.samples_ms, baseline_meta=a.meta, candidate_meta=b.meta, **opts)
     if confirm and result.decision == REGRESSION:
@@ -430,8 +583,59 @@ def run_gate(baseline, candidate, *, alpha=DEFAULT_ALPHA, max_slowdown=DEFAULT_M
         result.confirmation = again.to_json()
         if again.decision != REGRESSION:
             result.decision = INCONCLUSIVE
+            result.statistic = "confirmation"
             result.decided_by = (f"first run said regression ({result.decided_by}) but the confirming "
                                  f"rerun said {again.decision} ({again.decided_by})")
         else:
             result.decided_by += f"; confirmed by a rerun ({again.decided_by})"
+    if result.decision == INCONCLUSIVE:
+        # Samples accrue at the slower model's median per side: time for the runs still needed.
+        slowest_s = max(result.baseline_median_ms or 0, result.candidate_median_ms or 0) / 1000.0
+        seconds = max(min_time * 4, _needed_runs(result) * slowest_s * 1.2)
+        _add_rerun(result, _command(["optkit", "gate", "-a", baseline, "-b", candidate],
+                                    flags + [("--min-time", f"{math.ceil(seconds * 10) / 10:g}")]))
     return result
+
+
+# ------------------------------------------------------------------------- what to rerun, exactly
+def _needed_runs(result: GateResult) -> int:
+    """Runs a side that would let an inconclusive result decide: the minimum when there were too
+    few; else four times as many (the standard error halves), and enough for the tail test."""
+    n = min(result.n_baseline, result.n_candidate)
+    if result.statistic == "samples":
+        need = result.min_samples
+    else:
+        need = max(4 * n, result.min_samples, TAIL_MIN_SAMPLES if TAIL_NAME in result.statistic else 0)
+    return int(math.ceil(need / 10.0) * 10)
+
+
+def _command(argv: Sequence[Any], flags: Sequence[Tuple[str, Any]] = ()) -> str:
+    for flag, value in flags:
+        argv = list(argv) + ([flag] if value is True else [flag, str(value)])
+    return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+def _bench_rerun(sides: Sequence[SampleSet], runs: int) -> str:
+    """`optkit bench` command(s) that rewrite the two JSON files with `runs` samples each: one
+    command when both came from one file (FILE.json#0 / #1), else one per file."""
+    files: Dict[str, List[SampleSet]] = {}
+    for side in sides:
+        files.setdefault(_split_selector(side.source)[0], []).append(side)
+    commands = []
+    for out, members in files.items():
+        meta = members[0].meta
+        paths = [m.meta.get("path") or "MODEL" for m in members]
+        flags = [("--runtime", meta.get("runtime")), ("--threads", meta.get("threads")),
+                 ("--batch", meta.get("batch") if meta.get("batch") not in (None, 1) else None),
+                 ("--remote", meta.get("remote")), ("--adb", meta.get("adb_serial"))]
+        if meta.get("adb_serial"):
+            flags += [("--benchmark-binary", meta.get("benchmark_binary") or "BENCHMARK_MODEL")]
+            flags = [(f, v) for f, v in flags if f != "--runtime"]   # benchmark_model is not a --runtime
+        flags = [(f, v) for f, v in flags if v is not None] + [("--min-runs", runs), ("-o", out)]
+        commands.append(_command(["optkit", "bench"] + paths, flags))
+    return " && ".join(commands)
+
+
+def _add_rerun(result: GateResult, command: str) -> None:
+    result.rerun = command
+    result.decided_by += f"; to decide, rerun: {command}"

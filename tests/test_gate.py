@@ -19,13 +19,13 @@ def latencies(median_ms, n, seed, spread=0.08):
     return x.tolist()
 
 
-def write_bench(path, samples, **extra):
+def write_bench(out, samples, **extra):
     result = {"path": "m.tflite", "format": "tflite", "runtime": "litert", "threads": 1, "batch": 1,
               "latency_ms": {"p50": float(np.median(samples)), "n": len(samples)},
               "samples_ms": list(samples)}
     result.update(extra)
-    path.write_text(json.dumps({"schema": 1, "env": {}, "results": [result]}))
-    return str(path)
+    out.write_text(json.dumps({"schema": 1, "env": {}, "results": [result]}))
+    return str(out)
 
 
 # ------------------------------------------------------------------------------------ statistics
@@ -94,7 +94,8 @@ def test_failed_validation_is_a_regression_and_missing_fields_are_skipped():
     r = gate.decide(latencies(1.0, 100, 1), latencies(1.0, 100, 2), baseline_meta={"parity": {"ok": True}},
                     candidate_meta={"parity": {"ok": False}, "params": 10})
     checks = {c.name: c.status for c in r.checks}
-    assert checks == {"size_bytes": "skipped", "params": "skipped", "flops": "skipped", "validation": "fail"}
+    assert checks == {"size_bytes": "skipped", "params": "skipped", "flops": "skipped", "validation": "fail",
+                      "same_environment": "skipped"}
     assert r.decision == gate.REGRESSION
 
 
@@ -106,20 +107,79 @@ def test_a_bench_status_ok_is_not_taken_for_a_validation():
     assert {c.name: c.status for c in r.checks}["validation"] == "fail"
 
 
-def test_different_threads_or_batch_give_a_warning_check():
-    r = gate.decide(latencies(1.0, 50, 1), latencies(1.0, 50, 2),
-                    baseline_meta={"runtime": "litert", "threads": 1, "batch": 1},
-                    candidate_meta={"runtime": "litert", "threads": 2, "batch": 1})
-    (warn,) = [c for c in r.checks if c.name == "same_settings"]
+def test_different_threads_or_batch_are_refused_unless_allowed():
+    a = {"runtime": "litert", "threads": 1, "batch": 1}
+    for other in ({"threads": 2}, {"batch": 8}):
+        with pytest.raises(UserError, match="different devices or settings .*(threads 1 vs 2|batch 1 vs 8)"):
+            gate.decide(latencies(1.0, 50, 1), latencies(1.0, 50, 2), baseline_meta=a,
+                        candidate_meta=dict(a, **other))
+    r = gate.decide(latencies(1.0, 50, 1), latencies(1.0, 50, 2), baseline_meta=a,
+                    candidate_meta=dict(a, threads=2), allow_env_mismatch=True)
+    (warn,) = [c for c in r.checks if c.name == "same_environment"]
     assert warn.status == "warn" and warn.reason.endswith("threads 1 vs 2")
 
 
-def test_different_devices_give_a_warning_check():
+def test_different_devices_are_refused_and_software_changes_only_warned():
+    dev = {"cpu_model": "AMD EPYC", "cpu_count": 2, "threads": 1, "packages": {"onnxruntime": "1.20.0"}}
+    with pytest.raises(UserError, match="cpu_model 'AMD EPYC' vs 'Cortex-A76'"):
+        gate.decide(latencies(1.0, 50, 1), latencies(1.0, 50, 2), baseline_meta={"device": dev},
+                    candidate_meta={"device": dict(dev, cpu_model="Cortex-A76")})
+    with pytest.raises(UserError, match="threads 1 vs 4"):   # threads recorded in the device block
+        gate.decide(latencies(1.0, 50, 1), latencies(1.0, 50, 2), baseline_meta={"device": dev},
+                    candidate_meta={"device": dict(dev, threads=4)})
+    # A runtime upgrade may be the very change under test: go on, and say what differed.
     r = gate.decide(latencies(1.0, 50, 1), latencies(1.0, 50, 2),
-                    baseline_meta={"device": {"cpu_model": "A", "threads": 1}},
-                    candidate_meta={"device": {"cpu_model": "A", "threads": 4}})
-    warn = [c for c in r.checks if c.name == "same_device"]
-    assert warn and warn[0].status == "warn" and "threads" in warn[0].reason
+                    baseline_meta={"device": dev, "backend_version": "1.20.0"},
+                    candidate_meta={"device": dict(dev, packages={"onnxruntime": "1.21.0"}),
+                                    "backend_version": "1.21.0"})
+    (env,) = [c for c in r.checks if c.name == "same_environment"]
+    assert env.status == "warn" and "backend_version '1.20.0' vs '1.21.0'" in env.reason
+    assert "onnxruntime 1.20.0 vs 1.21.0" in env.reason
+
+
+# ------------------------------------------------------------------------------------------ tail
+def test_one_call_in_three_3x_slower_is_a_tail_regression_though_the_median_holds():
+    base = latencies(1.0, 300, 1)
+    cand = latencies(1.0, 300, 2)
+    cand = [v * 3 if i % 3 == 0 else v for i, v in enumerate(cand)]
+    r = gate.decide(base, cand)
+    assert r.median_ratio < 1.10                 # the median alone would pass
+    assert r.decision == gate.REGRESSION and r.exit_code == 3
+    assert r.statistic == "p90" and r.decided_by.startswith("latency regression in the p90")
+    assert r.tail["ratio"] > 2.5 and r.tail["ratio_lower_bound"] > 1.2 and r.tail["significant"]
+
+
+def test_tail_test_holds_its_false_alarm_rate_on_skewed_and_bimodal_latencies():
+    """A/A on 100 seeded pairs of each shape: the bootstrap's one-sided 99% bound rarely clears 1
+    (a normal-theory interval cleared it 3-4% of the time on the bimodal shape)."""
+    rng = np.random.default_rng(7)
+
+    def bimodal(n):
+        x = rng.lognormal(0, 0.05, n)
+        x[rng.random(n) < 0.12] *= 2.0   # p90 sits at the gap between the modes
+        return x
+
+    skewed = [gate.quantile_shift(latencies(1.0, 150, 2 * i), latencies(1.0, 150, 2 * i + 1)) for i in range(100)]
+    gapped = [gate.quantile_shift(bimodal(150), bimodal(150)) for _ in range(100)]
+    assert sum(low > 1 for _, low, _ in skewed) <= 3
+    assert sum(low > 1 for _, low, _ in gapped) <= 3
+
+
+def test_an_unproven_tail_excess_is_inconclusive_only_with_enough_samples():
+    # Same median; the candidate's slowest 10 % are 1.5x slower - but only a few calls say so.
+    def pair(n):
+        base = np.sort(latencies(1.0, n, 3))
+        cand = base.copy()
+        cand[int(n * 0.9):] *= 1.5
+        rng = np.random.default_rng(n)
+        return list(rng.permutation(base)), list(rng.permutation(cand * rng.lognormal(0, 0.2, n)))
+
+    few = gate.decide(*pair(40))
+    if not few.tail["significant"]:
+        assert few.decision == gate.PASS and "samples cannot tell" in few.decided_by
+    many = gate.decide(*pair(400))
+    assert many.tail["ratio"] > 1.2
+    assert many.decision in (gate.REGRESSION, gate.INCONCLUSIVE) and "p90" in many.statistic
 
 
 @pytest.mark.parametrize("text,value", [("10%", 0.10), ("10", 0.10), ("2.5 %", 0.025), ("0", 0.0)])
@@ -160,7 +220,7 @@ def test_one_bench_file_with_both_results_is_selected_by_index(tmp_path):
                                          {"path": "b.tflite", "samples_ms": cand, "size_bytes": 10}]}))
     r = gate.run_gate(f"{p}#0", f"{p}#1")
     assert r.decision == gate.REGRESSION and r.n_baseline == r.n_candidate == 80
-    assert not [c for c in r.checks if c.name == "same_device"]   # same env on both sides
+    assert {c.name: c.status for c in r.checks}["same_environment"] == "pass"   # one env, both sides
     with pytest.raises(UserError, match="has 2 results"):
         gate.load_bench_json(f"{p}#2")
 
@@ -213,13 +273,54 @@ def test_cli_threshold_above_the_slowdown_passes(tmp_path):
     assert res.exit_code == 0, res.output
 
 
-def test_cli_too_few_samples_exits_4_with_a_warning(tmp_path):
+def test_cli_too_few_samples_exits_4_and_says_exactly_what_to_rerun(tmp_path):
     a = write_bench(tmp_path / "a.json", latencies(1.0, 12, 1))
-    b = write_bench(tmp_path / "b.json", latencies(1.0, 12, 2))
-    res = CliRunner().invoke(cli, ["gate", "-a", a, "-b", b, "--json"])
+    b = write_bench(tmp_path / "b.json", latencies(1.0, 12, 2), path="new model.tflite")
+    res = CliRunner().invoke(cli, ["gate", "-a", a, "-b", b, "--json", "--max-slowdown", "5%"])
     assert res.exit_code == 4
-    assert json.loads(res.stdout)["decision"] == "inconclusive"
+    doc = json.loads(res.stdout)
+    assert doc["decision"] == "inconclusive" and doc["statistic"] == "samples"
     assert "too few samples" in res.stderr
+    assert doc["rerun"] == (f"optkit bench m.tflite --runtime litert --threads 1 --min-runs 30 -o {a} && "
+                            f"optkit bench 'new model.tflite' --runtime litert --threads 1 --min-runs 30 -o {b} && "
+                            f"optkit gate -a {a} -b {b} --max-slowdown 5%")
+    assert doc["rerun"] in res.stderr
+
+
+def test_rerun_for_one_file_holding_both_results_is_one_bench_command(tmp_path):
+    p = tmp_path / "both.json"
+    base = latencies(1.0, 20, 1)
+    p.write_text(json.dumps({"schema": 1, "env": {}, "results": [
+        {"path": "a.onnx", "runtime": "onnxruntime", "threads": 2, "batch": 4, "samples_ms": base},
+        {"path": "b.onnx", "runtime": "onnxruntime", "threads": 2, "batch": 4, "samples_ms": base}]}))
+    r = gate.run_gate(f"{p}#0", f"{p}#1")
+    assert r.rerun == (f"optkit bench a.onnx b.onnx --runtime onnxruntime --threads 2 --batch 4 "
+                       f"--min-runs 30 -o {p} && optkit gate -a '{p}#0' -b '{p}#1'")
+
+
+def test_cli_refuses_results_from_different_thread_counts_with_exit_2(tmp_path, capsys):
+    from optkit.cli import main
+
+    a = write_bench(tmp_path / "a.json", latencies(1.0, 60, 1))
+    b = write_bench(tmp_path / "b.json", latencies(1.0, 60, 2), threads=4)
+    with pytest.raises(SystemExit) as exc:
+        main(["gate", "-a", a, "-b", b])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("optkit: error: ") and "threads 1 vs 4" in err
+    assert err.count("\n") == 1
+    res = CliRunner().invoke(cli, ["gate", "-a", a, "-b", b, "--allow-env-mismatch"])
+    assert res.exit_code == 0 and "optkit: warning: baseline and candidate were measured differently" in res.stderr
+
+
+def test_cli_tail_regression_exits_3_and_names_the_p90(tmp_path):
+    cand = [v * 3 if i % 3 == 0 else v for i, v in enumerate(latencies(1.0, 200, 2))]
+    a = write_bench(tmp_path / "a.json", latencies(1.0, 200, 1))
+    b = write_bench(tmp_path / "b.json", cand)
+    res = CliRunner().invoke(cli, ["gate", "-a", a, "-b", b])
+    assert res.exit_code == 3, res.output
+    assert "latency regression in the p90" in res.stdout and "  p90 " in res.stdout
+    res = CliRunner().invoke(cli, ["gate", "-a", a, "-b", b, "--max-tail-slowdown", "500%"])
+    assert res.exit_code == 0, res.output
 
 
 def test_cli_bad_percentage_is_a_usage_error(tmp_path):
@@ -280,3 +381,24 @@ def test_cli_artifact_that_is_not_a_model_is_one_line_exit_2(tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "the runner loads .tflite and .onnx files" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_default_bench_jsons_of_two_models_1_5x_apart_gate_as_a_regression_not_inconclusive(tmp_path):
+    """Issue 16: a ~60 ms model benched with the defaults gave 20 runs, the gate wanted 30 (exit 4).
+    Defaults now give at least the gate's minimum, so two such models 1.5x apart are a regression."""
+    from tiny_onnx import deep_onnx
+
+    outs = []
+    for layers in (10, 15):
+        model = deep_onnx(tmp_path / f"deep{layers}.onnx", layers=layers, width=512)
+        out = str(tmp_path / f"deep{layers}.json")
+        res = CliRunner().invoke(cli, ["bench", model, "--batch", "256", "-o", out])   # default timing
+        assert res.exit_code == 0, res.output
+        result = json.loads(open(out).read())["results"][0]
+        assert len(result["samples_ms"]) >= gate.DEFAULT_MIN_SAMPLES
+        outs.append(out)
+    res = CliRunner().invoke(cli, ["gate", "-a", outs[0], "-b", outs[1], "--max-growth", "100%", "--json"])
+    assert res.exit_code == 3, res.output
+    doc = json.loads(res.stdout)
+    assert doc["decision"] == "regression" and doc["median_ratio"] > 1.2 and "median" in doc["statistic"]

@@ -20,3 +20,27 @@ def tiny_onnx(path, hidden=16, seed=0):
     model.ir_version = 8
     onnx.save(model, str(path))
     return str(path)
+
+
+def deep_onnx(path, layers=4, width=256, seed=0):
+    """x[N,width] -> `layers` x relu(x @ W) -> [N,width]: the run time grows with `layers`, so two
+    depths give two models a known ratio apart (10 vs 15 layers: about 1.5x)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, weights, name = [], [], "x"
+    for i in range(layers):
+        weights.append(numpy_helper.from_array(
+            (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), f"w{i}"))
+        nodes += [helper.make_node("MatMul", [name, f"w{i}"], [f"h{i}"]),
+                  helper.make_node("Relu", [f"h{i}"], [f"r{i}"])]
+        name = f"r{i}"
+    nodes[-1] = helper.make_node("Relu", [f"h{layers - 1}"], ["y"])
+    graph = helper.make_graph(nodes, "deep", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])],
+                              initializer=weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return str(path)
