@@ -449,8 +449,8 @@ def load_bench_json(spec) -> SampleSet:
         results = [results[index]]
     with_samples = [r for r in results if isinstance(r, dict) and r.get("samples_ms")]
     if not with_samples and len(results) == 1:
-        raise UserError(f"{spec}: the result has no raw samples_ms (aggregates alone, e.g. from "
-                        "benchmark_model over adb, cannot be tested statistically)")
+        raise UserError(f"{spec}: the result has no raw samples_ms (aggregates alone, e.g. from an "
+                        "older optkit's --adb bench, cannot be tested statistically; bench it again)")
     if len(with_samples) != 1:
         raise UserError(f"{path}: the gate compares one result with raw samples_ms; found "
                         f"{len(with_samples)} (of {len(results)} results) - pick one with {path}#N")
@@ -618,11 +618,12 @@ def _command(argv: Sequence[Any], flags: Sequence[Tuple[str, Any]] = ()) -> str:
 def _bench_rerun(sides: Sequence[SampleSet], runs: int) -> str:
     """`optkit bench` command(s) that rewrite the two JSON files with `runs` samples each: one
     command when both came from one file (FILE.json#0 / #1), else one per file."""
-    files: Dict[str, List[SampleSet]] = {}
-    for side in sides:
-        files.setdefault(_split_selector(side.source)[0], []).append(side)
+    files: Dict[str, Dict[str, SampleSet]] = {}
+    for side in sides:   # (the same result on both sides - an A/A check - is benched once)
+        files.setdefault(_split_selector(side.source)[0], {})[side.source] = side
     commands = []
-    for out, members in files.items():
+    for out, by_source in files.items():
+        members = list(by_source.values())
         meta = members[0].meta
         paths = [m.meta.get("path") or "MODEL" for m in members]
         flags = [("--runtime", meta.get("runtime")), ("--threads", meta.get("threads")),

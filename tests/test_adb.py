@@ -2,7 +2,9 @@
 
 The recorded outputs in tests/data/benchmark_model_*.txt follow the tool's real log formats:
 current builds (`INFO:` prefixes, p5/median/p95, periodic peak memory), older builds (no prefix,
-`Peak memory footprint`), a logcat copy of a GPU-delegate run, and a failed run.
+`Peak memory footprint`), a logcat copy of a GPU-delegate run, a failed run, and the short
+three-run processes optkit.adb now repeats for per-run samples (one batch loop of three, and an
+old-format one without a median).
 """
 import os
 import shutil
@@ -72,6 +74,77 @@ def test_op_profiling_tables_after_the_summary_are_not_taken_for_the_run_stats()
         "Timings (microseconds): count=1 curr=1356 min=1356 max=1356 avg=1356 std=0\n"
         "Timings (microseconds): count=127 first=7700 curr=7600 min=7500 max=9000 avg=7650 std=300\n")
     assert adb.parse_benchmark_output(text)["latency_ms"]["n"] == 127
+
+
+# ------------------------------------------------------ per-run samples from repeated short runs
+def test_three_timed_runs_are_recovered_exactly_from_one_statistics_line():
+    current = adb.split_runs(recorded("benchmark_model_repeated.txt"))
+    assert len(current) == 3
+    runs = [adb.parse_benchmark_output(log)["run_stats_us"] for log in current]
+    assert adb.samples_from_stats(runs[1]) == [7.699, 7.803, 9.120]      # min, median, max
+    legacy = adb.parse_benchmark_output(recorded("benchmark_model_legacy_3runs.txt"))["run_stats_us"]
+    # No median in old builds: first, 3 x avg - first - curr, curr (avg printed to 6 digits).
+    assert adb.samples_from_stats(legacy) == pytest.approx([4.507, 4.612, 4.389], abs=1e-4)
+    steady = adb.parse_benchmark_output(recorded("benchmark_model_xnnpack.txt"))["run_stats_us"]
+    with pytest.raises(RunFailure, match="ran 127 timed runs"):
+        adb.samples_from_stats(steady)
+
+
+def replay(text):
+    """The device side of a batch loop, from a recorded one: the first k processes' logs."""
+    logs = adb.split_runs(text)
+    calls = []
+
+    def run_batch(k):
+        calls.append(k)
+        assert k <= len(logs), "the recording holds fewer processes than asked for"
+        return "".join("@@optkit-run@@" + log for log in logs[:k])
+
+    return run_batch, calls
+
+
+def test_batches_run_until_both_min_runs_and_min_time():
+    run_batch, calls = replay(recorded("benchmark_model_repeated.txt"))
+    runs = adb.collect_runs(run_batch, min_runs=6, min_time=0.0)
+    assert calls == [2] and sum(len(r["samples_ms"]) for r in runs) == 6
+    # 6 runs of ~7.8 ms are 47 ms: 0.06 s of timed runs needs 2 more runs, i.e. one more process.
+    run_batch, calls = replay(recorded("benchmark_model_repeated.txt"))
+    runs = adb.collect_runs(run_batch, min_runs=6, min_time=0.06)
+    assert calls == [2, 1] and sum(len(r["samples_ms"]) for r in runs) == 9
+
+
+def test_android_result_has_the_local_bench_shape_and_the_gate_takes_it(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from optkit.cli import cli
+
+    model = tmp_path / "mobilenet_v2_int8.tflite"
+    model.write_bytes(b"TFL3" * 100)
+    run_batch, _ = replay(recorded("benchmark_model_repeated.txt"))
+    runs = adb.collect_runs(run_batch, min_runs=9, min_time=0.0)
+    props = adb.parse_props("model=Pixel 7\nsoc=gs201\nandroid=14\nabi=arm64-v8a\ncpu_count=8\n")
+    doc = adb.result_from_runs(str(model), runs, props, "emulator-5554", 4, "/opt/benchmark_model")
+    (r,) = doc["results"]
+    assert r["samples_ms"] == [7.712, 7.79, 7.85, 7.699, 7.803, 9.12, 7.731, 7.74, 7.765]
+    lat = r["latency_ms"]
+    assert lat["n"] == 9 and lat["p50"] == pytest.approx(7.765) and lat["max"] == pytest.approx(9.12)
+    assert lat["p90"] is not None and lat["p99"] is not None    # now computed from the samples
+    assert r["load_ms"] == pytest.approx(38.412) and r["cold_ms"] == pytest.approx(14.873)
+    assert r["threads"] == 4 and r["delegate"] == "xnnpack" and r["sampling"]["processes"] == 3
+    assert r["device"]["model"] == "Pixel 7" and r["device"]["serial"] == "emulator-5554"
+    path = tmp_path / "android.json"
+    path.write_text(json.dumps(doc))
+    res = CliRunner().invoke(cli, ["gate", "-a", str(path), "-b", str(path), "--min-samples", "9", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["n_baseline"] == 9
+    # With the default minimum: inconclusive, and the rerun is the adb bench with enough runs.
+    res = CliRunner().invoke(cli, ["gate", "-a", str(path), "-b", str(path), "--json"])
+    assert res.exit_code == 4
+    assert json.loads(res.stdout)["rerun"].startswith(
+        f"optkit bench {model} --threads 4 --adb emulator-5554 --benchmark-binary /opt/benchmark_model "
+        f"--min-runs 30 -o {path}")
 
 
 def test_device_props_parse_and_drop_empty_values():

@@ -39,7 +39,8 @@ import click
 @click.option("--remote-python", default="python3", show_default=True, metavar="CMD",
               help="With --remote: the Python to run the benchmark with on the remote machine.")
 @click.option("--adb", "adb_serial", default=None, metavar="SERIAL",
-              help="Run on an Android device over adb.")
+              help="Run on an Android device over adb (repeated short benchmark_model runs, three "
+                   "timed calls each, until --min-runs and --min-time: per-run samples for the gate).")
 @click.option("--benchmark-binary", default=None, type=click.Path(dir_okay=False), metavar="PATH",
               help="With --adb: TFLite's benchmark_model binary to push and run.")
 @click.option("--output", "-o", default=None, type=click.Path(dir_okay=False),
