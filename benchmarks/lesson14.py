@@ -1,8 +1,10 @@
 """Reproduce Lesson 14's table on this machine: the zoo's Lesson 14 CNN on synthetic:shapes.
 
-    .venv/bin/python benchmarks/lesson14.py [--size 32] [--epochs 4] [--limit 3000] [--lr 1e-3] [--json OUT]
+    .venv/bin/python benchmarks/lesson14.py [--epochs 4] [--limit 3000] [--out DIR] [--json OUT]
 
-Walks optkit.ladder (Naive -> Pooling -> Separable -> +JIT -> +AMP -> +Fusing -> Tuned), prints the
+Runs the lesson14 recipe through optkit.optimize (Naive -> Pooling -> Separable -> +JIT -> +AMP ->
++Fusing -> Tuned, each rung a plan variant; the measured numbers of 2026-11-29 below came from the
+ladder's earlier stand-alone runner, whose --size/--lr/--probe-steps options are gone), prints the
 table and each column's ratio to Naive, and checks the course's targets:
   Separable parameters <= 0.091× Naive; final train time/epoch <= 0.39×;
   inference time/step <= 0.43×; accuracy no more than 3 points below Naive.
@@ -41,42 +43,35 @@ TARGETS = {   # (ratio key, comparison, bound, label)
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=32,
-                        help="input height = width (the zoo model's default 32 gives the course's parameter counts)")
     parser.add_argument("--epochs", type=int, default=4, help="epochs per rung (>= 2: epoch 1 is compile time)")
     parser.add_argument("--limit", type=int, default=3000, help="samples drawn from synthetic:shapes")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (default optkit.train's 1e-3)")
-    parser.add_argument("--probe-steps", type=int, default=12)
-    parser.add_argument("--no-onednn-probe", action="store_true", help="skip the fresh-process oneDNN probe")
     parser.add_argument("--onednn", choices=("default", "on", "off"), default="default",
                         help="oneDNN for this run (set before TensorFlow is imported)")
-    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--out", default=None, help="run directory (default: a temp dir)")
     parser.add_argument("--json", dest="json_out", default=None, help="also write the report dict here")
     args = parser.parse_args(argv)
 
     if args.onednn != "default":   # a script, not a library: it may choose its own process's setting
         os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if args.onednn == "on" else "0"
-    from optkit import data as data_mod, ladder, zoo
+    from optkit import optimize, plan as plan_mod
 
     started = time.perf_counter()
-    shape = (args.size, args.size, 3)
-    data = data_mod.load_data("synthetic:shapes", input_shape=shape, limit=args.limit, seed=0)
-    model = zoo.build("lesson14", input_shape=shape, num_classes=data.num_classes, seed=0)
-    print(f"lesson14 CNN at {shape}: {model.count_params():,} parameters; synthetic:shapes "
-          f"{len(data.x_train)} train / {len(data.x_val)} val / {len(data.x_test)} test, "
-          f"{data.num_classes} classes; {args.epochs} epochs per rung, batch {args.batch}", file=sys.stderr)
-    workdir = args.workdir or tempfile.mkdtemp(prefix="lesson14-")
-    report = ladder.run_ladder(model, data, epochs=args.epochs, batch_size=args.batch, progress=True,
-                               workdir=workdir, seed=0, onednn_probe=not args.no_onednn_probe,
-                               probe_steps=args.probe_steps, learning_rate=args.lr)
-    report["benchmark"] = {"size": args.size, "epochs": args.epochs, "limit": args.limit, "batch": args.batch,
-                           "learning_rate": args.lr,
+    # The same plan `optkit optimize --recipe lesson14` runs: every rung a plan variant.
+    plan = plan_mod.resolve(model="zoo:lesson14", data=f"synthetic:shapes?n={args.limit}", recipe="lesson14",
+                            epochs=args.epochs, batch_size=args.batch, tiny=False)
+    out = args.out or tempfile.mkdtemp(prefix="lesson14-")
+    print(f"lesson14 CNN on synthetic:shapes (n={args.limit}); {args.epochs} epochs per rung, batch {args.batch}",
+          file=sys.stderr)
+    report = optimize.run(plan, out, progress=True)
+    report["ratios_to_naive"] = report["ladder"]["ratios_to_naive"]
+    report["benchmark"] = {"epochs": args.epochs, "limit": args.limit, "batch": args.batch,
                            "wall_time_s": time.perf_counter() - started, "targets": check_targets(report)}
-    print(ladder.render_table(report))
+    print(optimize.summary(report))
+    print("\n".join(f"- {n}" for n in report["notes"]))
     print()
     print(render_targets(report["benchmark"]["targets"]))
-    print(f"\nwall time {report['benchmark']['wall_time_s'] / 60:.1f} min; models in {workdir}")
+    print(f"\nwall time {report['benchmark']['wall_time_s'] / 60:.1f} min; run in {out}")
     if args.json_out:
         with open(args.json_out, "w") as fh:
             json.dump(report, fh, indent=2, default=str)

@@ -717,18 +717,22 @@ def _accepted(cls, config, *, is_layer, base=_LAYER_BASE_KWARGS):
 
 
 _COMPILED = weakref.WeakKeyDictionary()
+_COMPILED_JIT = weakref.WeakKeyDictionary()
 
 
-def _compiled_call(model):
-    fn = _COMPILED.get(model)
+def _compiled_call(model, jit_compile: bool = False):
+    cache = _COMPILED_JIT if jit_compile else _COMPILED
+    fn = cache.get(model)
     if fn is None:
-        fn = tf().function(lambda x: model(x, training=False), reduce_retracing=True)
-        _COMPILED[model] = fn
+        fn = tf().function(lambda x: model(x, training=False), reduce_retracing=True,
+                           jit_compile=bool(jit_compile))
+        cache[model] = fn
     return fn
 
 
-def predict(model, x, batch_size: int = 32):
-    """Outputs of `model` on `x` (numpy in, numpy out) through a compiled call, in batches.
+def predict(model, x, batch_size: int = 32, jit_compile: bool = False):
+    """Outputs of `model` on `x` (numpy in, numpy out) through a compiled call, in batches
+    (XLA-compiled with `jit_compile`).
 
     Not `model.predict`, whose per-call overhead dominates small batches (STACK.md)."""
     import numpy as np
@@ -738,7 +742,7 @@ def predict(model, x, batch_size: int = 32):
     if isinstance(model, SavedModelCallable):
         chunks = [model(*[a[i:i + batch_size] for a in xs]) for i in range(0, n, batch_size)]
     else:
-        fn = _compiled_call(model)
+        fn = _compiled_call(model, jit_compile)
         chunks = []
         for i in range(0, n, batch_size):
             batch = [a[i:i + batch_size] for a in xs]

@@ -10,8 +10,8 @@ becomes a `failed: <reason>` row and the run goes on; one that cannot run on thi
 Only a user error (bad model file, bad data) stops the run, before anything is trained.
 
 Modes (see optkit.recipes): ``chain`` runs the plan's variants in order, each from its parent;
-``ladder`` delegates to optkit.ladder.run_ladder and exports the baseline and the ladder's final
-model; ``search`` hands this pipeline to optkit.search, which creates variants as it goes (they are
+``ladder`` does the same with Lesson 14's rungs (optkit.ladder: a rung the model does not allow is
+skipped and the next builds on the one below), then compares the rungs; ``search`` hands this pipeline to optkit.search, which creates variants as it goes (they are
 added to the plan so the written plan.json replays exactly what was tried).
 
 The tiny schedule (OPTKIT_TINY=1 or the hidden `--tiny` flag: 1 epoch, 320 samples, short timing
@@ -24,7 +24,6 @@ import datetime as _dt
 import json
 import os
 import re
-import shutil
 import sys
 import time
 import traceback
@@ -41,7 +40,6 @@ from optkit.records import FAILED, OK, SKIPPED, SCHEMA, Artifact, Latency, Parit
 BENCH = {"warmup": 5, "min_time": 0.5, "min_runs": 20}
 # What users know them as (MultiWorkerMirroredStrategy's class is CollectiveAllReduceStrategy).
 STRATEGY_CLASSES = {"mirrored": "MirroredStrategy", "multiworker": "MultiWorkerMirroredStrategy"}
-SPEED_STEPS = ("jit", "amp", "fusing", "cpu")   # training settings: same graph, same weights
 KERAS_BATCH = 32          # "inference time per step" is Lesson 14's ms per batch of 32
 MAX_EVAL_SAMPLES = 1000   # artifacts are evaluated on at most this many test samples
 
@@ -83,7 +81,13 @@ def _reason(exc: BaseException) -> str:
 
 
 class Pipeline:
-    """The state of one run. optkit.search drives it through `make_variant` and `export`."""
+    """The state of one run.
+
+    Its public surface, for drivers such as optkit.search: `add_variant(spec)` (a new candidate:
+    added to the plan, built, measured, exported), `add_export(variant_id, export)` (one more
+    export of a built variant, added to its spec), the read-only accessors `record(id)`,
+    `baseline_record()`, `variant_records()`, and `mark(variant_id, ...)` for a driver's verdicts.
+    Drivers never touch the plan's lists or the records directly."""
 
     def __init__(self, plan: plan_mod.Plan, out_dir: str, *, progress: bool = True):
         self.plan = plan
@@ -100,6 +104,7 @@ class Pipeline:
         self.notes: List[str] = []
         self.started = time.perf_counter()
         self.bar = None   # progress over export + validation + benchmark
+        self._dirs: Dict[str, str] = {}
 
     # ------------------------------------------------------------------ set-up
 
@@ -118,12 +123,11 @@ class Pipeline:
         # Reads TF_CONFIG for the cluster; without it, a single worker (useful to test the path).
         return tf.distribute.MultiWorkerMirroredStrategy()
 
-    def load_baseline(self, *, build: bool = True) -> Any:
+    def load_baseline(self) -> Any:
         """Build or load the baseline model, and load the data shaped for it.
 
         A zoo model takes its input size from the zoo and its class count from the data; a user's
-        model dictates both to the data. `build=False` loads only the data (the ladder builds the
-        zoo model itself) and returns None for a zoo model.
+        model dictates both to the data.
         """
         from optkit import keras_io
 
@@ -134,8 +138,6 @@ class Pipeline:
             name = plan.model[len(plan_mod.ZOO_PREFIX):]
             entry = next(e for e in zoo.list_models() if e.name == name)
             self.data = self._load_data(tuple(entry.default_input_shape), None)
-            if not build:
-                return None
             with self.scope():   # variables must be created under the strategy that trains them
                 return zoo.build(name, input_shape=tuple(self.data.input_shape),
                                  num_classes=self.data.num_classes, seed=plan.seed)
@@ -164,20 +166,24 @@ class Pipeline:
         self._finish_variant(spec, record, model)
         return record
 
-    def make_variant(self, spec: plan_mod.VariantSpec, *, not_applicable: str = FAILED) -> Variant:
-        """Apply `spec.step` to its parent's model; measure, save and export the result.
+    def make_variant(self, spec: plan_mod.VariantSpec, *, not_applicable: str = FAILED,
+                     pass_through: bool = False) -> Variant:
+        """Apply `spec.steps` in order to its parent's model; measure, save and export the result.
 
         A step that refuses the model (UserError: no Flatten head to pool, a layer tfmot cannot
         wrap) gives a row with status `not_applicable`: failed when the user asked for the step,
-        skipped when the search merely tried it.
+        skipped when the search or a recipe merely tried it. With `pass_through` (the ladder's
+        rungs) the refused variant's children build on its parent's model instead, as if the
+        step had not been there.
         """
         from optkit import steps as steps_mod
+        from optkit.steps import StepContext
 
         parent = self.records.get(spec.parent)
         record = Variant(id=spec.id, name=spec.name, parent=spec.parent,
                          steps=list(parent.steps) if parent else [])
-        step_entry = {"name": spec.step.name, "options": dict(spec.step.options), "info": {}}
-        record.steps.append(step_entry)
+        entries = [{"name": s.name, "options": dict(s.options), "info": {}} for s in spec.steps]
+        record.steps.extend(entries)
         self.specs[spec.id] = spec
         self.records[spec.id] = record
         if parent is None or spec.parent not in self.models:
@@ -186,35 +192,79 @@ class Pipeline:
             record.artifacts = [Artifact(e.format, None, e.quantize, status=SKIPPED, reason="variant not built")
                                 for e in spec.exports]
             return record
-        step = steps_mod.get(spec.step.name)
-        from optkit.steps import StepContext
-
-        ctx = StepContext(data=self.data, epochs=spec.step.epochs or self.plan.epochs,
-                          batch_size=self.plan.batch_size, progress=self.progress,
-                          workdir=self.variant_dir(record), seed=self.plan.seed,
-                          extra={"strategy": self.strategy,
-                                 "history": [s["name"] for s in record.steps[:-1]]})
-        _log(f"variant {record.name} [{record.id}]: {spec.step.name}"
-             + "".join(f" {k}={v}" for k, v in sorted(spec.step.options.items())))
-        t0 = time.perf_counter()
-        try:
-            with self.scope():
-                result = step.apply(self.models[spec.parent], ctx, **spec.step.options)
-        except Exception as exc:  # noqa: BLE001 - a failing step is a row, the run goes on
-            if isinstance(exc, UserError):
-                record.status, record.reason = not_applicable, f"step {spec.step.name}: {_reason(exc)}"
-            else:
-                record.status, record.reason = FAILED, f"step {spec.step.name} failed: {_reason(exc)}"
-                record.details["traceback"] = traceback.format_exc(limit=8)
-            record.artifacts = [Artifact(e.format, None, e.quantize, status=SKIPPED, reason="variant failed")
-                                for e in spec.exports]
-            _log(record.reason)
-            return record
-        step_entry["info"] = _jsonable(result.info)
-        step_entry["seconds"] = round(time.perf_counter() - t0, 2)
-        record.train_time_per_epoch_s = _fine_tune_time(result.info)
-        self._finish_variant(spec, record, result.model)
+        model = self.models[spec.parent]
+        labels = []
+        for i, (plan_step, entry) in enumerate(zip(spec.steps, entries)):
+            step = steps_mod.get(plan_step.name)
+            history = [s["name"] for s in record.steps[:len(record.steps) - len(entries) + i]]
+            ctx = StepContext(data=self.data, epochs=plan_step.epochs or self.plan.epochs,
+                              batch_size=self.plan.batch_size, progress=self.progress,
+                              workdir=self.variant_dir(record), seed=self.plan.seed,
+                              extra={"strategy": self.strategy, "history": history})
+            _log(f"variant {record.name} [{record.id}]: {plan_step.name}"
+                 + "".join(f" {k}={v}" for k, v in sorted(plan_step.options.items())))
+            t0 = time.perf_counter()
+            try:
+                with self.scope():
+                    result = step.apply(model, ctx, **plan_step.options)
+            except Exception as exc:  # noqa: BLE001 - a failing step is a row, the run goes on
+                if isinstance(exc, UserError):
+                    record.status, record.reason = not_applicable, f"step {plan_step.name}: {_reason(exc)}"
+                    if pass_through:
+                        self.models[spec.id] = self.models[spec.parent]
+                else:
+                    record.status, record.reason = FAILED, f"step {plan_step.name} failed: {_reason(exc)}"
+                    record.details["traceback"] = traceback.format_exc(limit=8)
+                record.artifacts = [Artifact(e.format, None, e.quantize, status=SKIPPED, reason="variant failed")
+                                    for e in spec.exports]
+                _log(record.reason)
+                return record
+            entry["info"] = _jsonable(result.info)
+            entry["seconds"] = round(time.perf_counter() - t0, 2)
+            if result.export_only:
+                entry["export_only"] = result.export_only
+            if result.label:
+                labels.append(result.label)
+            model = result.model
+            record.train_time_per_epoch_s = _fine_tune_time(result.info) or record.train_time_per_epoch_s
+        if labels:      # what a step decided at run time names the variant: "Tuned (JIT+AMP)"
+            record.name = f"{spec.name} ({', '.join(labels)})"
+        self._finish_variant(spec, record, model)
         return record
+
+    # ------------------------------------------------------------------ the public surface
+
+    def add_variant(self, spec: plan_mod.VariantSpec, *, not_applicable: str = FAILED) -> Variant:
+        """A variant the plan did not list yet (a search candidate): add it to the plan, so the
+        written plan.json replays it, and build it."""
+        if any(v.id == spec.id for v in self.plan.variants):
+            raise ValueError(f"variant {spec.id} is already in the plan")
+        self.plan.variants.append(spec)
+        return self.make_variant(spec, not_applicable=not_applicable)
+
+    def add_export(self, variant_id: str, export: plan_mod.ExportSpec, *, evaluate: bool = True) -> Artifact:
+        """Export a built variant to one more format (added to its spec); the artifact is recorded."""
+        spec, record = self.specs[variant_id], self.records[variant_id]
+        if export not in spec.exports:
+            spec.exports.append(export)
+        artifact = self.export(record, self.models[variant_id], export, evaluate=evaluate)
+        record.artifacts.append(artifact)
+        return artifact
+
+    def record(self, variant_id: str) -> Variant:
+        return self.records[variant_id]
+
+    def baseline_record(self) -> Variant:
+        return self.records[self.plan.baseline.id]
+
+    def variant_records(self) -> List[Variant]:
+        """Every variant built so far, in plan order."""
+        return list(self.records.values())
+
+    def mark(self, variant_id: str, *, artifact: Optional[Artifact] = None, **details) -> None:
+        """Record a driver's verdict (best, Pareto, hopeless) on a variant or one of its artifacts."""
+        target = artifact if artifact is not None else self.records[variant_id]
+        target.details.update(details)
 
     def _finish_variant(self, spec, record: Variant, model) -> None:
         self.specs[spec.id] = spec
@@ -228,13 +278,16 @@ class Pipeline:
         """A step may say its model has one destination only (QAT: full-integer TFLite)."""
         only = None
         for step in record.steps:
-            info = step.get("info") or {}
-            if isinstance(info, dict) and isinstance(info.get("export"), dict) and info["export"].get("format"):
-                only = plan_mod.ExportSpec(info["export"]["format"], info["export"].get("quantize", "none"))
+            if step.get("export_only"):
+                only = plan_mod.ExportSpec.parse(step["export_only"])
         return only
 
     def variant_dir(self, record: Variant) -> str:
-        path = os.path.join(self.out_dir, f"{_slug(record.name)}-{record.id[:8]}")
+        """One folder per variant, named when it is first asked for (a variant renamed by its
+        step's label keeps its folder)."""
+        path = self._dirs.get(record.id)
+        if path is None:
+            path = self._dirs[record.id] = os.path.join(self.out_dir, f"{_slug(record.name)}-{record.id[:8]}")
         os.makedirs(path, exist_ok=True)
         return path
 
@@ -255,13 +308,18 @@ class Pipeline:
             except Exception as exc:  # noqa: BLE001
                 record.details["accuracy_error"] = _reason(exc)
         try:
+            from optkit import train
+
+            # A model that trains with XLA is timed with XLA too (Lesson 14's "ms/step" of the +JIT rungs).
+            jit = bool(getattr(train.training_config(model), "jit_compile", False))
             x = self._inputs(model, KERAS_BATCH)
-            keras_io.predict(model, x, batch_size=KERAS_BATCH)   # trace outside the timed loop
-            stats = runner.measure(lambda: keras_io.predict(model, x, batch_size=KERAS_BATCH),
+            keras_io.predict(model, x, batch_size=KERAS_BATCH, jit_compile=jit)   # trace outside the timed loop
+            stats = runner.measure(lambda: keras_io.predict(model, x, batch_size=KERAS_BATCH, jit_compile=jit),
                                    warmup=self.bench["warmup"], min_time=self.bench["min_time"],
                                    min_runs=self.bench["min_runs"])
             record.inference_ms_per_step = stats["p50"]
-            record.details["inference"] = {"path": "keras_io.predict (compiled tf.function)",
+            record.details["inference"] = {"path": "keras_io.predict (compiled tf.function"
+                                                   + (", jit_compile=True)" if jit else ")"),
                                            "batch": KERAS_BATCH, "p90": stats["p90"], "n": stats["n"]}
         except Exception as exc:  # noqa: BLE001
             record.details["inference_error"] = _reason(exc)
@@ -285,6 +343,7 @@ class Pipeline:
         try:
             keras_io.save(model, path)
             record.path = path
+            record.details["size_bytes"] = os.path.getsize(path)
             return
         except Exception as exc:  # noqa: BLE001
             first = _reason(exc)
@@ -317,7 +376,7 @@ class Pipeline:
             return Artifact(spec.format, None, spec.quantize, status=FAILED, reason=str(exc))
         only = self.export_restriction(record)
         if only is not None and (only.format, only.quantize) != (spec.format, spec.quantize):
-            step = next(s["name"] for s in reversed(record.steps) if (s.get("info") or {}).get("export"))
+            step = next(s["name"] for s in reversed(record.steps) if s.get("export_only"))
             return Artifact(spec.format, None, spec.quantize, status=SKIPPED,
                             reason=f"a {step} model exports only to {only.label}")
         from optkit import export as export_mod
@@ -514,8 +573,6 @@ def run(plan: plan_mod.Plan, out_dir: str, *, progress: bool = True) -> dict:
     pipe.strategy = pipe.make_strategy()
     if plan.mode == "search" and not plan.search.explored:
         total = None   # the search decides as it goes
-    elif plan.mode == "ladder":
-        total = 2 * len(plan.baseline.exports)
     else:
         total = sum(len(v.exports) for v in plan.variants)
     pipe.bar = _bar(total, "export, validate, bench", progress)
@@ -531,123 +588,42 @@ def run(plan: plan_mod.Plan, out_dir: str, *, progress: bool = True) -> dict:
 
 def _run_mode(pipe: Pipeline, plan: plan_mod.Plan, plan_path: str, progress: bool) -> dict:
     extra = {}
-    if plan.mode == "ladder":
-        extra = _run_ladder(pipe)
-    else:
-        model = pipe.load_baseline()
-        train_result = None
-        if plan.train_baseline:
-            from optkit import train
+    model = pipe.load_baseline()
+    train_result = None
+    if plan.train_baseline:
+        from optkit import train
 
-            _log(f"training the baseline {plan.model} for {plan.epochs} epoch(s) on {plan.data}")
-            train_result = train.fit(model, pipe.data, epochs=plan.epochs, batch_size=plan.batch_size,
-                                     progress=progress, strategy=pipe.strategy, seed=plan.seed)
-            if pipe.strategy is not None:
-                train_result.settings.update(strategy=STRATEGY_CLASSES[plan.strategy],
-                                             replicas=int(pipe.strategy.num_replicas_in_sync))
-        pipe.add_baseline(model, train_result)
-        if plan.mode == "search" and not plan.search.explored:
+        _log(f"training the baseline {plan.model} for {plan.epochs} epoch(s) on {plan.data}")
+        train_result = train.fit(model, pipe.data, epochs=plan.epochs, batch_size=plan.batch_size,
+                                 progress=progress, strategy=pipe.strategy, seed=plan.seed)
+        if pipe.strategy is not None:
+            train_result.settings.update(strategy=STRATEGY_CLASSES[plan.strategy],
+                                         replicas=int(pipe.strategy.num_replicas_in_sync))
+    pipe.add_baseline(model, train_result)
+    if plan.mode == "search" and not plan.search.explored:
+        from optkit import search
+
+        extra = {"search": search.run(pipe)}
+        plan.search.explored = True       # the plan's variants are now the candidates tried
+        plan_mod.write(plan, plan_path)   # now lists every candidate tried: --plan replays them
+    elif plan.mode == "ladder":
+        # A rung the model does not allow (no Flatten head to pool) is skipped, and the rungs above
+        # it build on the rung below, as the course's ladder does.
+        for spec in plan.variants[1:]:
+            pipe.make_variant(spec, not_applicable=SKIPPED, pass_through=True)
+        from optkit import ladder
+
+        section = ladder.annotate(list(pipe.records.values()), tiny=plan.tiny)
+        pipe.notes.extend(section["notes"])
+        extra = {"ladder": dict(section, recipe=plan.recipe)}
+    else:
+        for spec in plan.variants[1:]:
+            pipe.make_variant(spec)
+        if plan.mode == "search":          # a replayed search: same candidates, same marking
             from optkit import search
 
-            extra = {"search": search.run(pipe)}
-            plan_mod.write(plan, plan_path)   # now lists every candidate tried: --plan replays them
-        else:
-            for spec in plan.variants[1:]:
-                pipe.make_variant(spec)
-            if plan.mode == "search":          # a replayed search: same candidates, same marking
-                from optkit import search
-
-                extra = {"search": search.mark(pipe, replayed=True)}
+            extra = {"search": search.mark(pipe, replayed=True)}
     return extra
-
-
-def _run_ladder(pipe: Pipeline) -> dict:
-    """Lesson 14's ladder (optkit.ladder), then the plan's exports of the baseline and final model."""
-    from optkit import ladder
-
-    plan = pipe.plan
-    model = pipe.load_baseline(build=False)
-    target = model if model is not None else plan.model[len(plan_mod.ZOO_PREFIX):]
-    if plan.strategy:
-        pipe.notes.append(f"--strategy {plan.strategy}: the ladder compares training speed on one device "
-                          "and does not distribute; the strategy applies to steps and baseline training")
-    # The tiny schedule skips the oneDNN probe (two fresh TensorFlow processes, ~1 min here).
-    extra = {"probe_steps": 4, "onednn_probe": False} if plan.tiny else {}
-    workdir = os.path.join(pipe.out_dir, "ladder-work")
-    try:
-        result = ladder.run_ladder(target, pipe.data, epochs=plan.epochs, batch_size=plan.batch_size,
-                                   progress=pipe.progress, workdir=workdir, seed=plan.seed,
-                                   log=lambda msg: _log(f"ladder: {msg}"), **extra)
-        return _adopt_ladder(pipe, result)
-    finally:   # the rungs' models have moved to their variant folders; the rest is scratch
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _adopt_ladder(pipe: Pipeline, result: dict) -> dict:
-    """Give the ladder's variants plan ids and export the baseline and the final rung.
-
-    Ids follow the plan's rule: Naive is the plan's baseline; a rung's id chains
-    hash(parent id, step, options) over the steps it adds to its parent (the speed rungs all
-    start from Separable, so their parent is Separable, as the ladder records).
-    """
-    from optkit import keras_io
-
-    plan = pipe.plan
-    by_ladder_id: Dict[str, plan_mod.VariantSpec] = {}
-    steps_of: Dict[str, list] = {}
-    for v in result.get("variants", []):
-        steps = [s if isinstance(s, dict) else {"name": str(s)} for s in v.get("steps", [])]
-        parent = by_ladder_id.get(v.get("parent")) if v.get("parent") else None
-        if parent is None:
-            spec = plan_mod.VariantSpec(plan.baseline.id, v["name"], None, exports=[])
-        else:
-            added = steps[len(steps_of[parent.id]):]
-            if not added:
-                # A rung that adds no step (the tuned rung when no speed setting helped) is still
-                # its own training run: name it by the ladder's key and settings.
-                details = v.get("details") or {}
-                added = [{"name": details.get("key") or v["name"],
-                          "options": {"settings": details.get("settings")}}]
-            spec = parent
-            for s in added:
-                spec = plan_mod.child(spec, plan_mod.PlanStep(s.get("name", "?"), dict(s.get("options") or {})),
-                                      name=v["name"], exports=[])
-            if spec.id in pipe.records:   # two rungs with the same steps: the ladder's id tells them apart
-                spec = plan_mod.child(spec, plan_mod.PlanStep("rung", {"ladder_id": v.get("id")}), exports=[])
-            spec = plan_mod.VariantSpec(spec.id, v["name"], parent.id, spec.step, exports=[])
-        by_ladder_id[v.get("id")] = spec
-        steps_of[spec.id] = steps
-        record = Variant(id=spec.id, name=v["name"], parent=spec.parent, steps=steps,
-                         path=v.get("path"), params=v.get("params"), accuracy=v.get("accuracy"),
-                         train_time_per_epoch_s=v.get("train_time_per_epoch_s"),
-                         inference_ms_per_step=v.get("inference_ms_per_step"),
-                         status=v.get("status", OK), reason=v.get("reason", ""),
-                         details=dict(v.get("details") or {}, ladder_id=v.get("id"),
-                                      size_bytes=v.get("size_bytes")))
-        if record.path and os.path.exists(record.path):   # one folder per variant: move it there
-            moved = os.path.join(pipe.variant_dir(record), "model.keras")
-            os.replace(record.path, moved)
-            record.path = moved
-        pipe.records[spec.id] = record
-        pipe.specs[spec.id] = spec
-    pipe.notes.extend(result.get("notes", []))
-    # Exports: the baseline and the last rewrite rung (Separable). The speed rungs change how the
-    # model trains, not the graph that ships - and an AMP rung computes in float16/bfloat16, which
-    # is a training setting, not an inference precision (the export's --to decides that).
-    records = list(pipe.records.values())
-    structural = [r for r in records[1:] if r.status == OK
-                  and not any(s.get("name") in SPEED_STEPS for s in r.steps)]
-    targets = records[:1] + structural[-1:]
-    for record in targets:
-        if not (record.path and os.path.exists(record.path)):
-            record.artifacts = [Artifact(e.format, None, e.quantize, status=FAILED,
-                                         reason="the ladder did not save this variant's model")
-                                for e in plan.baseline.exports]
-            continue
-        model = keras_io.load(record.path).model
-        pipe.specs[record.id].exports = list(plan.baseline.exports)
-        record.artifacts = [pipe.export(record, model, e) for e in plan.baseline.exports]
-    return {"ladder": {k: v for k, v in result.items() if k not in ("variants", "env", "schema")}}
 
 
 def write_report(report: dict, out_dir: str) -> None:

@@ -74,8 +74,15 @@ class VariantSpec:
     id: str
     name: str
     parent: Optional[str]                  # parent variant id; None for the baseline
-    step: Optional[PlanStep] = None        # the step that made it from its parent
+    # The steps that made it from its parent, applied in order (one for a --step chain; a ladder
+    # rung may apply several, e.g. separable:epochs=0 -> jit -> train).
+    steps: List[PlanStep] = field(default_factory=list)
     exports: List[ExportSpec] = field(default_factory=list)
+
+    @property
+    def step(self) -> Optional[PlanStep]:
+        """The last step applied (None for the baseline)."""
+        return self.steps[-1] if self.steps else None
 
 
 @dataclass
@@ -115,7 +122,9 @@ class Plan:
 
     def describe(self) -> str:
         """A readable rendering for `--dry-run` without `--json`."""
-        lines = [f"model:    {self.model}" + ("  (trained from scratch)" if self.train_baseline else ""),
+        trained = ("  (trained from scratch)" if self.model.startswith(ZOO_PREFIX)
+                   else f"  (trained {self.epochs} more epoch(s))")
+        lines = [f"model:    {self.model}" + (trained if self.train_baseline else ""),
                  f"data:     {self.data or '(none: exports and latency only)'}"
                  + (f"  (first {self.data_limit} samples)" if self.data_limit else ""),
                  f"mode:     {self.mode}" + (f"  (recipe {self.recipe})" if self.recipe else ""),
@@ -129,17 +138,20 @@ class Plan:
             lines.append(f"search:   accuracy drop <= {s.max_accuracy_drop:g} points, best by {s.objective}"
                          + (f", within {limit}" if limit else ""))
         if self.mode == "ladder":
-            lines.append("ladder:   Naive -> Pooling -> Separable -> +JIT -> +AMP -> +Fusing "
-                         "(speed settings kept only where they help on this machine)")
+            from optkit import ladder
+
+            lines.append(f"ladder:   {ladder.describe()} "
+                         "(the Tuned rung keeps only the speed settings that help on this machine)")
             lines.append(f"exports:  {', '.join(e.label for e in self.baseline.exports) or '-'} "
                          "of Naive and of the last rewrite rung (Separable)")
         lines.append("variants:")
         names = {v.id: v.name for v in self.variants}
         for v in self.variants:
             step = ""
-            if v.step:
-                opts = ", ".join(f"{k}={val}" for k, val in sorted(v.step.options.items()))
-                step = f" <- {names.get(v.parent, v.parent)} + {v.step.name}" + (f"({opts})" if opts else "")
+            if v.steps:
+                step = f" <- {names.get(v.parent, v.parent)} + " + " + ".join(
+                    s.name + (f"({', '.join(f'{k}={val}' for k, val in sorted(s.options.items()))})"
+                              if s.options else "") for s in v.steps)
             exports = ", ".join(e.label for e in v.exports) or "-"
             lines.append(f"  {v.id}  {v.name}{step}   exports: {exports}")
         return "\n".join(lines)
@@ -167,12 +179,25 @@ def variant_id(parent_id: str, step_name: str, options: Dict[str, Any], epochs: 
     return _digest(payload)
 
 
-def child(parent: VariantSpec, step: PlanStep, *, name: Optional[str] = None,
+def steps_id(parent_id: str, steps: List[PlanStep]) -> str:
+    """The id of `steps` applied in order to the parent: each step chains the hash, so a one-step
+    variant's id is variant_id(parent, step) and a several-step one equals the id the same steps
+    would get as a chain of variants (same model, same id)."""
+    vid = parent_id
+    for s in steps:
+        vid = variant_id(vid, s.name, s.options, s.epochs)
+    return vid
+
+
+def child(parent: VariantSpec, step, *, name: Optional[str] = None,
           exports: Optional[List[ExportSpec]] = None) -> VariantSpec:
-    """The variant made by applying `step` to `parent`; fine-tuning epochs are part of the options."""
-    return VariantSpec(id=variant_id(parent.id, step.name, step.options, step.epochs),
-                       name=name or (step.label if parent.parent is None else f"{parent.name}+{step.label}"),
-                       parent=parent.id, step=step,
+    """The variant made by applying `step` (a PlanStep, or a list applied in order) to `parent`;
+    fine-tuning epochs are part of the id."""
+    steps = list(step) if isinstance(step, (list, tuple)) else [step]
+    label = "+".join(s.label for s in steps)
+    return VariantSpec(id=steps_id(parent.id, steps),
+                       name=name or (label if parent.parent is None else f"{parent.name}+{label}"),
+                       parent=parent.id, steps=steps,
                        exports=list(parent.exports if exports is None else exports))
 
 
@@ -188,6 +213,21 @@ def resolve_step(spec: str, *, epochs: int) -> PlanStep:
     step = steps.get(name)
     options = step.parse_options(raw)
     return PlanStep(name=name, options=options, epochs=None if step.kind == "speed" else epochs)
+
+
+def _ladder_variants(base: VariantSpec, exports: List[ExportSpec], *, epochs: int, tiny: bool) -> List[VariantSpec]:
+    """Lesson 14's rungs (optkit.ladder.rungs) as plan variants: Naive is the baseline."""
+    from optkit import ladder
+
+    made = {}
+    for rung in ladder.rungs(tiny=tiny):
+        if rung.parent is None:
+            base.name = rung.name
+            made[rung.name] = base
+            continue
+        made[rung.name] = child(made[rung.parent], [resolve_step(s, epochs=epochs) for s in rung.steps],
+                                name=rung.name, exports=list(exports) if rung.exported else [])
+    return list(made.values())
 
 
 # ----------------------------------------------------------------------------------------- resolve
@@ -232,6 +272,10 @@ def resolve(*, model: Optional[str] = None, data: Optional[str] = None, recipe: 
     seed = seed if seed is not None else defaults.get("seed", 0)
 
     model_ref, sha, train = _model_ref(model)
+    if mode == "ladder":
+        if not (data or model is None):
+            raise UserError("the lesson14 ladder trains every rung: it needs --data")
+        train = True     # every rung trains the same number of epochs, Naive included
     if data is None and model is None:
         data = DEFAULT_DATA
     data_limit = None
@@ -267,6 +311,8 @@ def resolve(*, model: Optional[str] = None, data: Optional[str] = None, recipe: 
                                       batch_size=batch_size, seed=seed, data_limit=data_limit),
                        name="baseline", parent=None, exports=exports)
     variants = [base]
+    if mode == "ladder":
+        variants = _ladder_variants(base, exports, epochs=epochs, tiny=bool(tiny))
     if mode == "chain":
         specs = list(rec.steps) if rec else steps
         if specs and not data:
@@ -363,7 +409,9 @@ def load(path: str) -> Plan:
         raise UserError(f"{path} is not an optkit plan (schema {PLAN_SCHEMA})")
     try:
         variants = [VariantSpec(id=v["id"], name=v["name"], parent=v["parent"],
-                                step=PlanStep(**v["step"]) if v.get("step") else None,
+                                # plans written before several-step variants have one "step"
+                                steps=[PlanStep(**s) for s in v.get("steps")
+                                       or ([v["step"]] if v.get("step") else [])],
                                 exports=[ExportSpec(**e) for e in v.get("exports", [])])
                     for v in doc["variants"]]
         search = SearchSpec(**doc["search"]) if doc.get("search") else None
@@ -387,8 +435,8 @@ def _check_replay(plan: Plan, path: str) -> None:
     ids = {}
     for v in plan.variants:
         if v.parent is not None:
-            if v.parent not in ids or v.step is None:
+            if v.parent not in ids or not v.steps:
                 raise UserError(f"{path}: variant {v.id} has an unknown parent {v.parent}")
-            if variant_id(v.parent, v.step.name, v.step.options, v.step.epochs) != v.id:
+            if steps_id(v.parent, v.steps) != v.id:
                 raise UserError(f"{path}: variant {v.id}'s id does not match its step and options")
         ids[v.id] = v

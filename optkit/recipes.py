@@ -8,8 +8,8 @@ Modes
 - ``chain``:  baseline -> step 1 -> step 2 ...; every intermediate model is a variant, and each
   variant is exported to every format in ``to`` (a format a variant cannot take becomes a
   ``skipped`` row with its reason, e.g. a QAT model to ONNX).
-- ``ladder``: the Lesson 14 ladder (optkit.ladder.run_ladder: Naive -> Pooling -> Separable ->
-  +JIT -> +AMP -> +Fusing), then ``to`` exports of the baseline and of the ladder's last model.
+- ``ladder``: the Lesson 14 ladder (optkit.ladder.rungs: Naive -> Pooling -> Separable -> +JIT ->
+  +AMP -> +Fusing -> Tuned), each rung a plan variant; ``to`` exports Naive and Separable.
 - ``search``: accuracy-aware search (optkit.search) within ``--max-accuracy-drop``; ``objective``
   says what "best" means among the candidates that keep accuracy (``size`` or ``latency``).
 

@@ -25,6 +25,9 @@ from typing import Any, Dict, List, Optional, Tuple
 from optkit import plan as plan_mod
 from optkit.records import OK, SKIPPED
 
+# This module drives optkit.optimize.Pipeline through its public surface only (add_variant,
+# add_export, the record accessors, mark): the pipeline owns the plan and the records.
+
 
 @dataclass
 class Family:
@@ -58,7 +61,7 @@ def run(pipe) -> dict:
     plan = pipe.plan
     spec = plan.search
     base_spec = plan.baseline
-    baseline = pipe.records[base_spec.id]
+    baseline = pipe.baseline_record()
     start = getattr(pipe, "started", None) or time.perf_counter()
     state = {"tried": 0}
     stopped, skipped = None, []
@@ -80,21 +83,18 @@ def run(pipe) -> dict:
         label = _label(step_name, strength)
         name = label if parent.parent is None else f"{parent.name}+{label}"
         vspec = plan_mod.child(parent, step, name=name, exports=[])
-        plan.variants.append(vspec)
-        record = pipe.make_variant(vspec, not_applicable=SKIPPED)
+        record = pipe.add_variant(vspec, not_applicable=SKIPPED)
         if record.status != OK:
             skipped.append(f"{record.name}: {record.status}: {record.reason}")
             return None
         drop = _drop(baseline.accuracy, record.accuracy)
         if drop is not None and drop > spec.max_accuracy_drop:
-            record.details["search"] = {"hopeless": True, "accuracy_drop_points": round(drop, 2)}
+            pipe.mark(record.id, search={"hopeless": True, "accuracy_drop_points": round(drop, 2)})
             skipped.append(f"{record.name}: Keras accuracy already {drop:.1f} points below the baseline; "
                            "not exported")
             return None
         for text in EXPORTS_FOR_STEP.get(step_name, EXPORTS_FOR[spec.objective]):
-            export = plan_mod.ExportSpec.parse(text)
-            vspec.exports.append(export)
-            record.artifacts.append(pipe.export(record, pipe.models[record.id], export))
+            pipe.add_export(record.id, plan_mod.ExportSpec.parse(text))
         return vspec
 
     # Phase 1: one technique at a time, gentle to aggressive.
@@ -110,8 +110,7 @@ def run(pipe) -> dict:
                 if export in base_spec.exports:     # already asked for with --to
                     continue
                 state["tried"] += 1
-                base_spec.exports.append(export)
-                baseline.artifacts.append(pipe.export(baseline, pipe.models[base_spec.id], export))
+                pipe.add_export(baseline.id, export)
             continue
         if family.step not in known_steps:
             skipped.append(f"{family.name}: step '{family.step}' is not available in this build")
@@ -148,7 +147,6 @@ def run(pipe) -> dict:
             if stopped:
                 break
 
-    spec.explored = True
     result = mark(pipe)
     result.update(trials=state["tried"], stopped=stopped, skipped=skipped,
                   elapsed_s=round(time.perf_counter() - start, 1))
@@ -158,9 +156,9 @@ def run(pipe) -> dict:
 def mark(pipe, *, replayed: bool = False) -> dict:
     """Find the best candidate and the Pareto set among the run's artifacts; mark them in place."""
     spec = pipe.plan.search
-    baseline = pipe.records[pipe.plan.baseline.id]
+    baseline = pipe.baseline_record()
     points = []
-    for record in pipe.records.values():
+    for record in pipe.variant_records():
         for art in record.artifacts:
             if art.status != OK or art.latency_ms is None or art.gzip_bytes is None or art.accuracy is None:
                 continue
@@ -171,7 +169,7 @@ def mark(pipe, *, replayed: bool = False) -> dict:
                            "size_bytes": art.size_bytes, "_art": art, "_record": record})
     front = pareto(points)
     for p in front:
-        p["_art"].details["pareto"] = True
+        pipe.mark(p["variant"], artifact=p["_art"], pareto=True)
     best, met = choose_best(points, spec.max_accuracy_drop, spec.objective)
     if best is None and baseline.accuracy is not None:
         # Nothing exported and ran: the baseline model itself is the best we have.
@@ -181,8 +179,8 @@ def mark(pipe, *, replayed: bool = False) -> dict:
         met = True
     if best is not None:
         if best.get("_art") is not None:
-            best["_art"].details["best"] = True
-        pipe.records[best["variant"]].details["search_best"] = True
+            pipe.mark(best["variant"], artifact=best["_art"], best=True)
+        pipe.mark(best["variant"], search_best=True)
     clean = lambda p: {k: v for k, v in p.items() if not k.startswith("_")}  # noqa: E731
     result = {
         "goal": {"max_accuracy_drop": spec.max_accuracy_drop, "objective": spec.objective,

@@ -128,7 +128,7 @@ def test_plan_with_an_edited_id_is_refused(tmp_path):
     plan_mod.write(plan, str(path))
     assert plan_mod.load(str(path)).variants[1].id == plan.variants[1].id
     doc = json.loads(path.read_text())
-    doc["variants"][1]["step"]["options"]["sparsity"] = 0.9     # options edited, id kept
+    doc["variants"][1]["steps"][0]["options"]["sparsity"] = 0.9     # options edited, id kept
     path.write_text(json.dumps(doc))
     with pytest.raises(UserError, match="does not match its step and options"):
         plan_mod.load(str(path))
@@ -220,7 +220,7 @@ def test_dry_run_prints_the_plan_as_json():
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
     assert doc["mode"] == "ladder" and doc["model"] == "zoo:lesson14"
-    assert doc["variants"][0]["name"] == "baseline"
+    assert doc["variants"][0]["name"] == "Naive"
 
 
 def test_dry_run_readable_output_names_the_ladder_and_exports():

@@ -70,7 +70,7 @@ def test_qat_model_converts_to_int8_and_matches_in_litert(base, data, tmp_path):
 def test_qat_result_says_it_has_no_keras3_form(base, data):
     result = run("qat", base, data, convert="false")
     assert "no Keras 3 form" in result.info["model"]
-    assert result.info["export"] == {"format": "tflite", "quantize": "int8"}
+    assert result.export_only == "tflite:int8"
     with pytest.raises(UserError, match="still wrapped"):
         keras_io.to_keras3(result.model)
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from optkit import keras_io, ladder, steps, train
+from optkit import keras_io, steps, train
 from optkit.errors import UserError
 from optkit.steps import StepContext, speed
 
@@ -142,13 +142,13 @@ def test_bad_speed_options_are_user_errors(name, options, message):
 @pytest.mark.slow
 def test_onednn_probe_measures_off_and_on_in_fresh_processes(tmp_path):
     x, y = _xy(64)
-    probe = ladder.probe_onednn(_model(), (x, y), batch_size=16, steps=4, workdir=str(tmp_path))
+    probe = speed.probe_onednn(_model(), (x, y), batch_size=16, steps=4, workdir=str(tmp_path))
     assert probe["errors"] == {}           # each child confirmed TF ran with the requested setting
     assert set(probe["ms_per_step"]) == {"onednn_off", "onednn_on"}
     assert all(ms > 0 for ms in probe["ms_per_step"].values())
     ratio = probe["ms_per_step"]["onednn_on"] / probe["ms_per_step"]["onednn_off"]
     assert probe["ratio_on_vs_off"] == pytest.approx(ratio)
-    assert probe["keep"] is (True if ratio <= ladder.KEEP_MARGIN else False if ratio >= 1 / ladder.KEEP_MARGIN else None)
+    assert probe["keep"] is (True if ratio <= speed.KEEP_MARGIN else False if ratio >= 1 / speed.KEEP_MARGIN else None)
 
 
 def test_amp_float32_undoes_an_earlier_mixed_policy():

@@ -29,8 +29,15 @@ class StepContext:
 
 @dataclass
 class StepResult:
+    """What a step hands back. `info` is free-form detail for the report (JSON-able); the typed
+    fields are what the pipeline acts on."""
+
     model: Any
     info: Dict[str, Any] = field(default_factory=dict)
+    # The one export this model can take (e.g. "tflite:int8" for a QAT model); None: any.
+    export_only: Optional[str] = None
+    # What the step decided at run time, appended to the variant's name (the tuned rung: "JIT+AMP").
+    label: Optional[str] = None
 
 
 @dataclass
@@ -40,7 +47,7 @@ class Step:
     apply: Callable[..., StepResult]
     # option name -> (type, default, help); `--step name:k=v` values are parsed with `type`.
     options: Dict[str, Tuple[type, Any, str]] = field(default_factory=dict)
-    kind: str = "compression"   # rewrite | speed | compression
+    kind: str = "compression"   # rewrite | speed | train | compression
 
     def parse_options(self, raw: Dict[str, str]) -> Dict[str, Any]:
         """Validate `k=v` strings against the declared options; unknown keys are rejected."""

@@ -197,11 +197,10 @@ def apply(model, ctx, *, scheme="auto", skip_unsupported=False, lr=1e-4, convert
         "fine_tune": tuned,
         "model": "quantize-wrapped tf_keras model (fake-quant): it has no Keras 3 form; "
                  "export it with --to tflite --quantize int8",
-        "export": {"format": "tflite", "quantize": "int8"},
     }
     if convert:
         info["tflite_int8"] = tflite_int8_facts(qat_model, ctx.data)
-    return StepResult(qat_model, info)
+    return StepResult(qat_model, info, export_only="tflite:int8")
 
 
 def tflite_int8_facts(model, data):

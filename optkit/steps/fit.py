@@ -1,0 +1,34 @@
+"""`train`: train the model further with the settings it carries (optkit.train.fit).
+
+The speed steps (`jit`, `amp`, `fusing`, `tune`) only record how a model wants to be trained; a
+`train` step after them trains it that way and measures the time per epoch. The Lesson 14 ladder's
+speed rungs are `separable:epochs=0 -> jit -> ... -> train`, so every rung trains the same number
+of epochs from the same rewritten weights and differs from the others only by its settings.
+"""
+from __future__ import annotations
+
+from optkit import keras_io, train
+from optkit.errors import UserError
+from optkit.steps import Step, StepResult
+
+
+def apply(model, ctx, *, epochs=-1):
+    data = getattr(ctx, "data", None)
+    if data is None:
+        raise UserError("train: needs labelled data (--data)")
+    epochs = ctx.epochs if epochs < 0 else epochs
+    # A copy: the parent's model stays as it was (its own variant).
+    new = keras_io.clone(model)
+    train.copy_training_config(model, new)
+    result = train.fit(new, data, epochs=epochs, batch_size=ctx.batch_size, progress=ctx.progress,
+                       seed=ctx.seed, strategy=(ctx.extra or {}).get("strategy"))
+    return StepResult(new, {"training": result.to_json()})
+
+
+STEP = Step(
+    name="train",
+    help="Train the model further with the speed settings it carries, and time it.",
+    apply=apply,
+    options={"epochs": (int, -1, "epochs (-1: the run's --epochs)")},
+    kind="train",
+)
