@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 from exporters import _common
+from optkit import quant_debug
 from optkit.errors import Unavailable, UserError
 
 NAME = "onnx"
@@ -23,7 +24,8 @@ NAMES_OUTPUTS = True
 
 # Opset 17 converts every zoo model here with tf2onnx 1.17 and runs on onnxruntime >= 1.13.
 DEFAULT_OPSET = 17
-OPTIONS = ("opset", "per_channel", "reduce_range", "calibration_samples", "op_types")
+OPTIONS = ("opset", "per_channel", "reduce_range", "calibration_samples", "op_types",
+           "calibration_method") + quant_debug.OPTIONS
 
 
 def available():
@@ -38,7 +40,9 @@ def available():
 def export(model, out_path, *, quantize="none", data=None, **options):
     """Write `out_path` (.onnx). Options: opset (int, default 17); for int8/dynamic:
     per_channel (bool, default False), reduce_range (bool, default True),
-    calibration_samples (int, default 100), op_types (comma list, e.g. "Conv,MatMul")."""
+    calibration_samples (int, default 100), op_types (comma list, e.g. "Conv,MatMul"),
+    calibration_method (minmax|entropy|percentile); quant_report, keep_float, max_accuracy_drop,
+    float_limit: per-layer diagnosis and selective float fallback (optkit.quant_debug)."""
     _common.check_request(NAME, PRECISIONS, OPTIONS, quantize, options)
     opset = int(options.get("opset", DEFAULT_OPSET))
     details = {"converter": "tf2onnx.from_function", "opset": opset, "quantize": quantize}
@@ -91,26 +95,10 @@ def _quantize_dynamic(src, dst, options, details):
 
 
 def _quantize_static(model, src, dst, data, options, details):
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     samples, source = _common.sample_inputs(
         model, data, n=int(options.get("calibration_samples", _common.CALIBRATION_SAMPLES)))
-    names = _input_names(src)
-
-    class Reader(CalibrationDataReader):
-        """One sample per call, then None (the protocol quantize_static expects)."""
-
-        def __init__(self):
-            self._i = 0
-
-        def get_next(self):
-            if self._i >= len(samples[0]):
-                return None
-            feed = {name: a[self._i:self._i + 1] for name, a in zip(names, samples)}
-            self._i += 1
-            return feed
-
     # Shape inference and graph cleanup first, as onnxruntime's docs require for static quantization.
     prepped = src + ".prep.onnx"
     try:
@@ -118,10 +106,9 @@ def _quantize_static(model, src, dst, data, options, details):
     except Exception:  # pre-processing is an optimisation; quantize the raw graph if it fails
         prepped = src
     kwargs = _quant_kwargs(options)
-    try:
-        quantize_static(prepped, dst, Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=_op_types(options), **kwargs)
+    try:  # optkit.quant_debug: quantize_static (QDQ), diagnosis and nodes_to_exclude
+        details["quantization"] = quant_debug.onnx_int8(model, prepped, dst, samples, data=data, options=options,
+                                                        op_types=_op_types(options))
     finally:
         if prepped != src and os.path.exists(prepped):
             os.unlink(prepped)
@@ -136,14 +123,6 @@ def _to_float16(src, dst, details):
     m = convert_float_to_float16(onnx.load(src), keep_io_types=True)
     onnx.save(m, dst)
     details.update(float16="onnxruntime.transformers.float16 (float32 I/O kept)")
-
-
-def _input_names(path):
-    import onnx
-
-    m = onnx.load(path, load_external_data=False)
-    initializers = {i.name for i in m.graph.initializer}
-    return [i.name for i in m.graph.input if i.name not in initializers]
 
 
 def load(path, *, threads=None, providers=None, **options):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from exporters import _common
+from optkit import quant_debug
 from optkit.errors import Unavailable, UserError
 from optkit.runner import Predictor
 
@@ -18,7 +19,7 @@ NAME = "tflite"
 SUFFIX = ".tflite"
 PRECISIONS = ("none", "dynamic", "float16", "int8")
 
-OPTIONS = ("int8_io", "allow_float", "calibration_samples", "sparse")
+OPTIONS = ("int8_io", "allow_float", "calibration_samples", "sparse") + quant_debug.OPTIONS
 
 
 def available():
@@ -43,6 +44,8 @@ def export(model, out_path, *, quantize="none", data=None, **options):
     sparse (bool, default False): keep pruned weights in the converter's sparse encoding
         (EXPERIMENTAL_SPARSITY), measured against the dense conversion; where LiteRT's XNNPACK
         cannot run it the dense model is written and `details["sparse"]` says why (exporters/_sparse.py).
+    quant_report, keep_float, max_accuracy_drop, float_limit: per-layer diagnosis and selective
+        float fallback for int8 (optkit.quant_debug, through LiteRT's QuantizationDebugger).
     """
     _common.check_request(NAME, PRECISIONS, OPTIONS, quantize, options)
     details = {"converter": "TFLiteConverter", "quantize": quantize}
@@ -88,6 +91,12 @@ def _convert(model, quantize, data, options, details, *, sparse):
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
     with _common.quiet_stdout():  # Keras 3's export prints "Saved artifact at ..." on stdout
+        if quantize == "int8" and quant_debug.wanted(options):
+            flatbuffer, details["quantization"] = quant_debug.tflite_int8(
+                model, converter, samples, int8_io=options.get("int8_io", True), data=data, options=options)
+            return flatbuffer
+        if quantize == "int8":
+            details["quantization"] = quant_debug.plain_record("tflite", "minmax", samples)
         return converter.convert()
 
 

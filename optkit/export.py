@@ -121,6 +121,7 @@ def export_one(module, model, path, *, quantize="none", data=None, threads=None,
     try:
         with _common.quiet_stdout():  # converters print progress; stdout is for --json
             art.details = dict(module.export(model, path, quantize=quantize, data=data, **(options or {})) or {})
+        art.quantization = art.details.pop("quantization", None)
     except Unavailable as exc:  # found out only while converting (e.g. no fast int8 on this GPU)
         art.status, art.reason = SKIPPED, str(exc)
         return art

@@ -74,6 +74,9 @@ class Artifact:
     accuracy: Optional[float] = None
     latency_ms: Optional[Latency] = None
     details: Dict[str, Any] = field(default_factory=dict)   # format-specific: op list, delegate, ...
+    # int8 only (optkit.quant_debug): {"calibration": {"method", "samples"}, "float_layers": [...],
+    # "layers": [{"name", "op", "snr_db", "rmse"}, ...] worst first (with --quant-report), "goal", "cost"}
+    quantization: Optional[Dict[str, Any]] = None
 
     def to_json(self):
         return _clean(self)

@@ -453,6 +453,8 @@ def _figures(report: dict):
             Figure, scored, x=lambda p: p["latency"], y=lambda p: 100 * p["accuracy"], higher_y_better=True,
             log_y=False, xlabel="latency p50 (ms)", ylabel="accuracy (%)",
             title="Accuracy vs latency (upper left is better)")))
+    for label, q in quantized_artifacts(report):
+        figs.append((f"Per-layer int8 error: {label}", "quant_layers_" + _stem(label), _quant_figure(Figure, label, q)))
     # A bench report keeps raw samples: show their spread, since on a shared machine the tail
     # (p99) can be tens of times the median and a single number hides it.
     sampled = [r for r in report.get("results", [])
@@ -472,6 +474,72 @@ def _figures(report: dict):
         fig.tight_layout()
         figs.append(("Latency distribution (raw samples)", "latency_distribution", fig))
     return figs
+
+
+def quantized_artifacts(report: dict) -> List[Tuple[str, dict]]:
+    """(label, quantization record) of every artifact with a per-layer diagnosis (--quant-report)."""
+    out = []
+    arts = [(None, a) for a in report.get("artifacts", [])]
+    arts += [(v.get("name"), a) for v in report.get("variants", []) for a in v.get("artifacts", [])]
+    for variant, a in arts:
+        q = a.get("quantization") or {}
+        if q.get("layers"):
+            out.append(((f"{variant} · " if variant else "") + artifact_label(a), q))
+    return out
+
+
+def quant_table(q: dict, top: int = 8) -> str:
+    """The worst `top` layers of one int8 artifact, as a short terminal table."""
+    rows = [("layer", "op", "SNR dB", "channel SNR dB", "RMSE", "")]
+    kept = set(q.get("float_layers") or [])
+    for r in q.get("layers", [])[:top]:
+        rows.append((r["name"], r["op"], _num(r.get("snr_db")), _num(r.get("channel_snr_db")),
+                     _num(r.get("rmse"), "{:.3g}"), "kept float" if r["name"] in kept else ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    more = len(q.get("layers", [])) - top
+    if more > 0:
+        lines.append(f"... {more} more layer(s) in the JSON")
+    cal = q.get("calibration") or {}
+    lines.append(f"calibration: {cal.get('method')} on {cal.get('samples')} samples; "
+                 f"float layers: {', '.join(q.get('float_layers') or []) or 'none'}")
+    goal, cost = q.get("goal"), q.get("cost")
+    if goal:
+        lines.append(f"goal: {goal['measure']} within {goal['max_drop']:g} points of float "
+                     f"({goal['baseline']:.2f}); reached {goal['drop']:+.2f}")
+    if cost:
+        lines.append(f"cost of the float layers: {fmt_bytes(cost.get('full_int8_bytes'))} -> {fmt_bytes(cost.get('bytes'))}, "
+                     f"{fmt_ms(cost.get('full_int8_ms'))} -> {fmt_ms(cost.get('ms'))} (batch 1, 1 thread)")
+    return "\n".join(lines)
+
+
+def _num(v, spec="{:.1f}"):
+    return "-" if v is None else spec.format(v)
+
+
+def _stem(label: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in label).strip("_").lower()
+
+
+def _quant_figure(Figure, label, q):
+    """Horizontal bars, worst layer on top: whole-tensor and median per-channel SNR."""
+    layers = q["layers"][:20]
+    fig = Figure(figsize=(6.4, 1.2 + 0.32 * len(layers)), dpi=100)
+    ax = fig.add_subplot()
+    ys = list(range(len(layers)))
+    snr = [r.get("snr_db") if r.get("snr_db") is not None else 0.0 for r in layers]
+    ch = [r.get("channel_snr_db") if r.get("channel_snr_db") is not None else float("nan") for r in layers]
+    ax.barh([y - 0.2 for y in ys], snr, height=0.4, label="SNR (tensor)")
+    ax.barh([y + 0.2 for y in ys], ch, height=0.4, label="SNR (median channel)")
+    kept = set(q.get("float_layers") or [])
+    ax.set_yticks(ys, [r["name"] + (" (float)" if r["name"] in kept else "") for r in layers], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("signal-to-quantization-noise ratio (dB); lower is worse")
+    ax.set_title(f"Per-layer int8 error: {label}", fontsize=9)
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 def _front_figure(Figure, pts, *, x, y, higher_y_better, log_y, xlabel, ylabel, title):

@@ -13,6 +13,7 @@ import os
 
 import click
 
+from optkit.commands.int8_flags import add_int8_options, int8_options
 from optkit.errors import UserError
 
 QUANTIZE = ("none", "dynamic", "float16", "int8")
@@ -33,8 +34,9 @@ QUANTIZE = ("none", "dynamic", "float16", "int8")
 @click.option("--threads", type=int, help="Runtime threads used for validation (default: all available cores).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"artifacts": [...]} on stdout.')
 @click.option("--unsafe", is_flag=True, help="Allow loading models with Lambda layers (runs their code).")
+@int8_options
 @click.pass_context
-def export_cmd(ctx, model, formats, quantize, data, out_dir, raw_options, threads, as_json, unsafe):
+def export_cmd(ctx, model, formats, quantize, data, out_dir, raw_options, threads, as_json, unsafe, **int8):
     """Export MODEL (.keras, .h5 or SavedModel dir) and validate every artifact against MODEL."""
     import exporters
     from optkit import export as export_mod
@@ -45,6 +47,7 @@ def export_cmd(ctx, model, formats, quantize, data, out_dir, raw_options, thread
     if unsupported:
         raise UserError(f"--quantize {quantize}: " + "; ".join(unsupported))
     options = parse_options(raw_options, names)
+    add_int8_options(options, names, quantize, int8)
     if threads is not None and threads < 1:
         raise UserError("--threads must be >= 1")
 
@@ -64,6 +67,10 @@ def export_cmd(ctx, model, formats, quantize, data, out_dir, raw_options, thread
         click.echo(json.dumps({"artifacts": [a.to_json() for a in artifacts]}, indent=2))
     else:
         click.echo(render_table(artifacts))
+        from optkit import report
+
+        for label, q in report.quantized_artifacts({"artifacts": [a.to_json() for a in artifacts]}):
+            click.echo(f"\nint8 layers, worst first ({label}):\n" + report.quant_table(q))
     code = 0
     for art in artifacts:
         if art.status == "skipped":
