@@ -299,6 +299,10 @@ class Pipeline:
             record.params = int(model.count_params())
         except Exception as exc:  # noqa: BLE001 - a SavedModel callable may not know
             record.details["params_error"] = _reason(exc)
+        if hasattr(model, "layers"):   # what channel pruning shrinks besides the parameters
+            from optkit import inspect_model
+
+            record.details["multiply_adds"] = inspect_model.total_multiply_adds(model)
         if self.data is not None:
             from optkit import train
 

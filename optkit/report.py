@@ -146,6 +146,11 @@ def _variant_grid(variants: List[dict]) -> Tuple[List[str], List[List[str]]]:
 
     rows = [
         variant_row("Parameters", lambda v: fmt_int(v.get("params")), first=True),
+    ]
+    # Shown when a step reports multiply-adds (channel_prune): then they are the point of the run.
+    if any("multiply_adds_after" in (s.get("info") or {}) for v in variants for s in v.get("steps") or []):
+        rows.append(variant_row("Multiply-adds", lambda v: fmt_int((v.get("details") or {}).get("multiply_adds"))))
+    rows += [
         variant_row("Accuracy", lambda v: fmt_pct(v.get("accuracy"))),
         variant_row("Train time/epoch", lambda v: fmt_s(v.get("train_time_per_epoch_s"))),
         variant_row("Inference time/step", lambda v: fmt_ms(v.get("inference_ms_per_step"))),

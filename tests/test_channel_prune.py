@@ -260,3 +260,48 @@ def test_inspect_lists_the_groups_that_can_shrink():
     tied = [g["producers"] for g in channels["groups"] if len(g["producers"]) > 1]
     assert len(tied) == 3 and all(len(p) == 4 for p in tied)   # stem/stage shortcuts + each stage's 2nd convs
     assert channels["fixed"][0]["producers"] == ["predictions"]
+
+
+@pytest.mark.slow
+def test_channel_prune_composes_with_ptq_and_qat_int8_through_optimize(tmp_path):
+    """channel_prune -> int8 TFLite (PTQ) and channel_prune -> QAT -> int8, validated by the pipeline."""
+    import json
+
+    from click.testing import CliRunner
+
+    from optkit.cli import cli
+
+    user = user_models.get("unit")    # Keras 3 .keras trained on x/255, what optkit.data feeds
+    args = [user.path, "--data", user.npz, "--step", "channel_prune:ratio=0.5,importance=bn_gamma",
+            "--step", "qat:convert=false", "--to", "tflite:int8", "--epochs", "2", "-o", str(tmp_path / "run"), "--json"]
+    result = CliRunner().invoke(cli, ["optimize", *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    by_last = {v["steps"][-1]["name"] if v["steps"] else "baseline": v for v in report["variants"]}
+    base, pruned, qat = by_last["baseline"], by_last["channel_prune"], by_last["qat"]
+    assert pruned["params"] < 0.4 * base["params"]
+    assert pruned["steps"][-1]["info"]["outputs_unchanged"] is True
+    for variant in (pruned, qat):
+        (artifact,) = [a for a in variant["artifacts"] if a["format"] == "tflite"]
+        assert artifact["status"] == "ok" and artifact["quantize"] == "int8", artifact.get("reason")
+        assert artifact["parity"]["ok"] is True
+        assert artifact["accuracy"] >= user.float_metric - 0.08
+
+
+def test_report_shows_multiply_adds_when_a_step_reports_them():
+    import copy
+    import json
+    import os
+
+    from optkit import report
+
+    with open(os.path.join(os.path.dirname(__file__), "golden", "report_fixture.json")) as fh:
+        doc = json.load(fh)
+    assert "Multiply-adds" not in [r[0] for r in report.grid(doc)[1]]      # goldens unchanged
+    doc = copy.deepcopy(doc)
+    doc["variants"][0]["details"] = {"multiply_adds": 4_000_000}
+    doc["variants"][1]["details"] = {"multiply_adds": 1_000_000}
+    doc["variants"][1]["steps"] = [{"name": "channel_prune", "options": {}, "info": {"multiply_adds_after": 1_000_000}}]
+    header, rows = report.grid(doc)
+    cells = {r[0]: r[1:] for r in rows}
+    assert cells["Multiply-adds"][:2] == ["4,000,000", "1,000,000"]
