@@ -81,7 +81,17 @@ def cli():
 
 
 def main(argv=None):
-    """Console entry point: user errors are one line on stderr and an exit code, never a traceback."""
+    """Console entry point: user errors are one line on stderr and an exit code, never a traceback.
+
+    stderr (this process's and its children's) passes through optkit.console's filter, which
+    drops TensorFlow's C++ log lines, converter prints and library warnings (OPTKIT_DEBUG=1 keeps them)."""
+    from optkit import console
+
+    with console.filtered_stderr():
+        return _main(argv)
+
+
+def _main(argv):
     try:
         rv = cli.main(args=argv, prog_name="optkit", standalone_mode=False)
     except click.exceptions.Abort:

@@ -175,6 +175,26 @@ def _kernel_value(layer):
     return None
 
 
+def parameter_count(model) -> int:
+    """The model's own weights (what Keras' count_params gives for a plain model).
+
+    A tfmot wrapper counts the layer it wraps, not the quantizer ranges, pruning masks or step
+    counters it adds (a QAT model's count_params is about three times its weight count), and
+    tfmot's own layers (QuantizeLayer at the input) hold nothing but such ranges."""
+    seen, total = set(), 0
+    for layer in _flat_layers(model):
+        weights = layer.weights
+        if "tensorflow_model_optimization" in (type(layer).__module__ or ""):
+            # The wrapper lists the wrapped layer's variables (`conv2d/kernel`) and its own
+            # (`quant_conv2d/kernel_min`, `.../optimizer_step`), which carry its name.
+            weights = [w for w in weights if not w.name.startswith(f"{layer.name}/")]
+        for w in weights:
+            if id(w) not in seen:      # a weight shared by two layers counts once
+                seen.add(id(w))
+                total += int(np.prod(w.shape))
+    return total
+
+
 def sparsity_per_layer(model) -> Dict[str, float]:
     """Share of exact zeros in each kernel."""
     return {name: round(float(np.mean(k == 0)), 4) for name, k in kernels(model).items()}
@@ -277,15 +297,18 @@ def require_training_data(ctx, technique: str):
         raise UserError(f"{technique} needs at least one fine-tuning epoch (--epochs >= 1)")
 
 
-def fine_tune(model, ctx, *, callbacks=(), learning_rate: Optional[float] = None) -> Dict[str, Any]:
-    """optkit.train.fit with the context's epochs/batch size; returns what the report keeps."""
+def fine_tune(model, ctx, *, callbacks=(), learning_rate: Optional[float] = None,
+              first_candidate_epoch: int = 1) -> Dict[str, Any]:
+    """optkit.train.fit with the context's epochs/batch size (a cap: it stops early on validation
+    and keeps the best epoch from `first_candidate_epoch` on); returns what the report keeps."""
     from optkit.train import fit
 
     result = fit(model, ctx.data, epochs=ctx.epochs, batch_size=ctx.batch_size, callbacks=list(callbacks),
-                 progress=ctx.progress, learning_rate=learning_rate, seed=ctx.seed)
+                 progress=ctx.progress, learning_rate=learning_rate, seed=ctx.seed,
+                 first_candidate_epoch=first_candidate_epoch)
     return {"epochs": result.epochs_run, "time_per_epoch_s": round(result.time_per_epoch_s, 3),
             "learning_rate": result.settings.get("learning_rate"),
-            "val_accuracy": result.val_accuracy}
+            "val_accuracy": result.val_accuracy, "early_stopping": result.best}
 
 
 def describe(model, *, selected: Optional[Sequence[str]] = None) -> Dict[str, Any]:

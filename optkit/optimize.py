@@ -296,7 +296,9 @@ class Pipeline:
         from optkit import keras_io, runner
 
         try:
-            record.params = int(model.count_params())
+            from optkit.compression import parameter_count
+
+            record.params = parameter_count(model)
         except Exception as exc:  # noqa: BLE001 - a SavedModel callable may not know
             record.details["params_error"] = _reason(exc)
         if hasattr(model, "layers"):   # what channel pruning shrinks besides the parameters
@@ -379,10 +381,19 @@ class Pipeline:
         except UserError as exc:
             return Artifact(spec.format, None, spec.quantize, status=FAILED, reason=str(exc))
         only = self.export_restriction(record)
+        forced = None
         if only is not None and (only.format, only.quantize) != (spec.format, spec.quantize):
             step = next(s["name"] for s in reversed(record.steps) if s.get("export_only"))
-            return Artifact(spec.format, None, spec.quantize, status=SKIPPED,
-                            reason=f"a {step} model exports only to {only.label}")
+            wanted = [(e.format, e.quantize) for e in self.specs[record.id].exports] if record.id in self.specs else []
+            if only.format != spec.format or (only.format, only.quantize) in wanted:
+                return Artifact(spec.format, None, spec.quantize, status=SKIPPED,
+                                reason=f"a {step} model exports only to {only.label}"
+                                + (" (exported as such)" if only.format == spec.format else ""))
+            # Same format, another precision: a QAT model's only meaningful precision is the one its
+            # fake-quant training prepared (full-integer int8), so that is what --to tflite gets.
+            forced = f"{spec.label} of a {step} model exported as {only.label}, its only meaningful precision"
+            _log(forced)
+            spec = only
         from optkit import export as export_mod
 
         out = export_mod.artifact_path(self.variant_dir(record), "model", module, spec.quantize)
@@ -396,6 +407,8 @@ class Pipeline:
         except Exception as exc:  # noqa: BLE001 - export_one guards the converter; this guards the rest
             artifact = Artifact(spec.format, None, spec.quantize, status=FAILED,
                                 reason=f"export failed: {_reason(exc)}")
+        if forced:
+            artifact.details["precision_note"] = forced
         if artifact.status == OK:
             self.bench_artifact(module, artifact, evaluate=evaluate)
         if artifact.status != OK:
@@ -648,9 +661,7 @@ def write_report(report: dict, out_dir: str) -> None:
     _atomic_text(os.path.join(out_dir, "report.md"), md)
     page = report_mod.render(report, "html")
     if lines:
-        import html as html_mod
-
-        section = "<section id=\"optimize\"><pre>" + html_mod.escape("\n".join(lines)) + "</pre></section>"
+        section = "<section id=\"optimize\">" + report_mod.markdown_html("\n".join(lines)) + "</section>"
         at = page.rfind("</body>")
         page = page[:at] + section + page[at:] if at >= 0 else page + section
     _atomic_text(os.path.join(out_dir, "report.html"), page)

@@ -360,6 +360,20 @@ def to_html(report: dict, plots: bool = True) -> str:
     )
 
 
+def markdown_html(text: str) -> str:
+    """Markdown (the notes optimize writes: headings, lists, `code`) as an HTML fragment.
+
+    The text is escaped first, so a layer name or an error message holding `<` shows as
+    written instead of becoming markup. Without the `markdown` package (the `report` extra)
+    the text is shown as it is, preformatted."""
+    escaped = html.escape(text, quote=False)
+    try:
+        import markdown
+    except ImportError:
+        return f"<pre>{escaped}</pre>"
+    return markdown.markdown(escaped, output_format="html")
+
+
 def _without_samples(report: dict) -> dict:
     """The embedded JSON, minus raw samples (thousands of numbers nobody reads in a page)."""
     doc = json.loads(json.dumps(report))
@@ -387,12 +401,20 @@ def write_text(text: str, path: str) -> str:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
+        honour_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def honour_umask(path: str) -> None:
+    """Give a file made by mkstemp (always 0600) the mode a plain open() would: 0666 minus umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -610,6 +632,7 @@ def write_plots(report: dict, out_dir: str) -> List[str]:
         os.close(fd)
         try:
             fig.savefig(tmp, format="png")
+            honour_umask(tmp)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

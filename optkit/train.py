@@ -5,6 +5,11 @@ One `fit` for both Keras flavours: the model is compiled with its *own* flavour'
 reserved for `--json`), runs are seeded, and the time per epoch is reported without the first epoch,
 which carries tracing/XLA compilation (7-20 s here, STACK.md) and would swamp the comparison.
 
+`epochs` is a cap, not a promise: with validation data every run keeps the weights of its best
+validation epoch and stops once `patience` epochs bring no improvement (shorter on small data,
+optkit.data.is_small), so a fine-tune that only hurts gives back what it started from when
+`keep_start=True` (a rewrite's exact weights) and a from-scratch run is not cut at a bad epoch.
+
 Speed settings (XLA, step fusing, mixed precision) travel with the model, so that whoever trains it
 later trains it the way the user asked and the saved model records it:
 - `jit_compile` and `steps_per_execution` are kept in a `TrainingConfig` attribute on the model and,
@@ -16,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
@@ -47,6 +51,12 @@ class TrainingConfig:
         return dataclasses.asdict(self)
 
 
+# Early stopping: epochs without a better validation score before a run stops. Small data gets
+# less patience (its validation score is a handful of images: waiting mostly fits noise).
+PATIENCE = 3
+SMALL_DATA_PATIENCE = 2
+
+
 @dataclass
 class TrainResult:
     epoch_times_s: List[float]
@@ -56,6 +66,9 @@ class TrainResult:
     val_accuracy: Optional[float]
     epochs_run: int = 0
     settings: Dict[str, Any] = field(default_factory=dict)   # what was actually used
+    # What early stopping did: {"patience", "epochs_cap", "best_epoch" (0 = the starting weights),
+    # "stopped_early", "restored", "monitor"}; empty when the run had no validation data.
+    best: Dict[str, Any] = field(default_factory=dict)
 
     def to_json(self):
         return {
@@ -66,6 +79,7 @@ class TrainResult:
             "val_accuracy": self.val_accuracy,
             "epochs_run": self.epochs_run,
             "settings": self.settings,
+            "early_stopping": self.best,
         }
 
 
@@ -157,15 +171,22 @@ def _all_layers(model):
 # ---------------------------------------------------------------------------- fit / evaluate
 
 def fit(model, data, *, epochs: int, batch_size: int = 32, learning_rate: Optional[float] = None,
-        callbacks: Sequence[Any] = (), progress: bool = True, early_stopping: Optional[int] = None,
+        callbacks: Sequence[Any] = (), progress: bool = True, early_stopping: Any = "auto",
+        keep_start: bool = False, first_candidate_epoch: int = 1,
         jit: Optional[bool] = None, steps_per_execution: Optional[int] = None, strategy=None,
         keep_compile: bool = False, seed: int = 0, shuffle: bool = True) -> TrainResult:
-    """Train `model` (Keras 3 or tf_keras) in place on `data` and time it.
+    """Train `model` (Keras 3 or tf_keras) in place on `data` for at most `epochs`, and time it.
 
     `data` is an optkit.data.Dataset (x_train, y_train, x_val, y_val) or a tuple
     `(x_train, y_train[, x_val, y_val])`; labels are integer class ids.
     `jit` / `steps_per_execution` default to the settings the model carries (see `training_config`);
-    passing them overrides. `early_stopping` is a patience in epochs (best weights are restored).
+    passing them overrides.
+    With validation data the weights of the best validation epoch (accuracy, ties broken by lower
+    loss) are restored at the end. `early_stopping` is the patience in epochs: "auto" (default)
+    is PATIENCE, SMALL_DATA_PATIENCE on small data; None or 0 trains every epoch (best weights
+    are still restored). `keep_start=True` counts the starting weights as a candidate (a
+    fine-tune that never beats them gives them back); `first_candidate_epoch` ignores earlier
+    epochs (a pruning ramp that has not reached its target sparsity yet).
     `keep_compile=True` keeps the optimizer and loss the model was compiled with.
     `callbacks` are passed to Keras untouched (e.g. tfmot's UpdatePruningStep on tf_keras models).
     """
@@ -191,13 +212,23 @@ def fit(model, data, *, epochs: int, batch_size: int = 32, learning_rate: Option
     timer = _epoch_timer(K)
     cbs = [timer, *callbacks]
     has_val = x_val is not None and len(x_val) > 0
-    if early_stopping:
-        cbs.append(K.callbacks.EarlyStopping(monitor="val_accuracy" if has_val else "accuracy",
-                                             patience=int(early_stopping), restore_best_weights=True))
+    keeper = None
+    if has_val:
+        patience = _patience(early_stopping, y, y_val)
+        start = _start_score(model, x_val, y_val, batch_size) if keep_start else None
+        keeper = _best_weights(K, patience=patience, start=start, first_epoch=first_candidate_epoch)
+        cbs.append(keeper)
     if progress:
         cbs.append(_progress_bar(K, epochs, _steps(len(x), batch_size)))
     history = model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=shuffle,
                         validation_data=(x_val, y_val) if has_val else None, callbacks=cbs)
+    best = keeper.summary(epochs) if keeper is not None else {}
+    if progress and best.get("restored"):
+        from optkit import console
+
+        console.write(f"kept the weights of {'the start' if best['best_epoch'] == 0 else 'epoch %d' % best['best_epoch']}"
+                      f" (best validation accuracy {best['val_accuracy']:.4f})"
+                      + (f"; stopped after epoch {len(timer.times)}" if best["stopped_early"] else ""))
 
     times = timer.times
     if len(times) > 1:
@@ -215,7 +246,88 @@ def fit(model, data, *, epochs: int, batch_size: int = 32, learning_rate: Option
                 "val_samples": int(len(x_val)) if has_val else 0}
     return TrainResult(epoch_times_s=times, time_per_epoch_s=per_epoch, time_per_epoch_note=note,
                        history={k: [float(v) for v in vs] for k, vs in history.history.items()},
-                       val_accuracy=val_acc, epochs_run=len(times), settings=settings)
+                       val_accuracy=val_acc, epochs_run=len(times), settings=settings, best=best)
+
+
+def _patience(early_stopping, y, y_val) -> Optional[int]:
+    if early_stopping == "auto":
+        from optkit.data import is_small
+
+        return SMALL_DATA_PATIENCE if is_small(np.concatenate([np.asarray(y).reshape(-1),
+                                                              np.asarray(y_val).reshape(-1)])) else PATIENCE
+    if early_stopping in (None, False, 0):
+        return None
+    patience = int(early_stopping)
+    if patience < 1:
+        raise UserError(f"early stopping patience must be >= 1 epoch, got {early_stopping}")
+    return patience
+
+
+def _start_score(model, x_val, y_val, batch_size):
+    """(accuracy, loss) of the starting weights, measured the way Keras scores each epoch."""
+    scores = model.evaluate(x_val, y_val, batch_size=max(batch_size, 32), verbose=0, return_dict=True)
+    return _score(scores)
+
+
+def _score(logs):
+    """(accuracy, -loss): higher is better; accuracy first, the loss breaks ties between epochs
+    whose accuracy is the same count of a small validation set."""
+    logs = logs or {}
+    acc = logs.get("val_accuracy", logs.get("accuracy"))
+    loss = logs.get("val_loss", logs.get("loss"))
+    return (float(acc) if acc is not None else float("-inf"),
+            -float(loss) if loss is not None and np.isfinite(loss) else float("-inf"))
+
+
+def _best_weights(K, *, patience, start, first_epoch):
+    """Keep the best validation epoch's weights, restore them at the end, stop after `patience`
+    epochs without improvement. Written here rather than Keras' EarlyStopping because the two
+    flavours restore differently (tf_keras only when it stops early), and because a fine-tune
+    must be able to lose to its starting weights."""
+
+    class BestWeights(K.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.best_score = start
+            self.best_epoch = 0 if start is not None else None
+            self.best_weights = None      # None while the model's current weights are the best
+            self.wait = 0
+            self.stopped_early = False
+            self.restored = False
+            self.last_epoch = 0
+
+        def on_train_begin(self, logs=None):
+            if start is not None:
+                self.best_weights = [w.copy() for w in self.model.get_weights()]
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.last_epoch = epoch + 1
+            if self.last_epoch < first_epoch:
+                return
+            score = _score({k: v for k, v in (logs or {}).items() if k.startswith("val_")})
+            if self.best_score is None or score > self.best_score:
+                self.best_score, self.best_epoch, self.wait = score, self.last_epoch, 0
+                self.best_weights = [w.copy() for w in self.model.get_weights()]
+                return
+            self.wait += 1
+            if patience is not None and self.wait >= patience:
+                self.stopped_early = True
+                self.model.stop_training = True
+
+        def on_train_end(self, logs=None):
+            if self.best_epoch is not None and self.best_epoch != self.last_epoch and self.best_weights is not None:
+                self.model.set_weights(self.best_weights)
+                self.restored = True
+            self.best_weights = None
+
+        def summary(self, cap):
+            acc = None if self.best_score is None else self.best_score[0]
+            return {"monitor": "val_accuracy (ties: val_loss)", "patience": patience, "epochs_cap": int(cap),
+                    "best_epoch": self.best_epoch, "val_accuracy": acc, "stopped_early": self.stopped_early,
+                    "restored": self.restored, "start_was_candidate": start is not None,
+                    "first_candidate_epoch": int(first_epoch)}
+
+    return BestWeights()
 
 
 def compile_with_settings(model, *, learning_rate: Optional[float] = None) -> TrainingConfig:
@@ -351,11 +463,8 @@ def _epoch_timer(K):
 
 
 def _progress_bar(K, epochs, steps):
-    """A per-step progress bar on stderr (tqdm when installed, a line per epoch otherwise)."""
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is in the `report` extra; training still reports progress without it
-        tqdm = None
+    """A per-step bar on stderr (nested under any open stage bar) and a line per epoch."""
+    from optkit import console
 
     class Progress(K.callbacks.Callback):
         def __init__(self):
@@ -363,9 +472,8 @@ def _progress_bar(K, epochs, steps):
             self.bar = None
 
         def on_epoch_begin(self, epoch, logs=None):
-            if tqdm is not None:
-                self.bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr,
-                                unit="step", leave=False, dynamic_ncols=True)
+            # tqdm is in the `report` extra; without it training still prints a line per epoch.
+            self.bar = console.bar(steps, f"epoch {epoch + 1}/{epochs}", unit="step")
 
         def on_train_batch_end(self, batch, logs=None):
             # With steps_per_execution > 1 Keras calls this once per execution with the last step index.
@@ -377,6 +485,6 @@ def _progress_bar(K, epochs, steps):
                 self.bar.close()
             shown = " ".join(f"{k}={float(v):.4f}" for k, v in sorted((logs or {}).items())
                              if "acc" in k or "loss" in k)
-            print(f"epoch {epoch + 1}/{epochs}: {shown}", file=sys.stderr, flush=True)
+            console.write(f"epoch {epoch + 1}/{epochs}: {shown}")
 
     return Progress()

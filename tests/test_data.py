@@ -293,3 +293,27 @@ def test_a_small_cnn_learns_synthetic_shapes_well_above_chance_but_not_perfectly
     model.fit(ds.x_train, ds.y_train, epochs=3, batch_size=32, verbose=0)
     _, accuracy = model.evaluate(ds.x_test, ds.y_test, verbose=0)
     assert 0.2 < accuracy < 0.95, accuracy   # chance is 0.1; measured 0.30 (seed 0)
+
+
+def test_splits_are_stratified_disjoint_and_exact_in_size():
+    ds = load_data("synthetic:shapes?classes=3&n=240", seed=1)
+    summary = data.split_summary(ds)
+    assert (summary["train"], summary["val"], summary["test"]) == (168, 36, 36)
+    assert summary["per_class"]["test"] == [12, 12, 12] and summary["per_class"]["val"] == [12, 12, 12]
+    # No image is in two splits (the test split is never trained on).
+    rows = lambda x: {a.tobytes() for a in x}
+    assert not rows(ds.x_test) & rows(ds.x_train) and not rows(ds.x_val) & rows(ds.x_train)
+    # Imbalanced classes keep their share; a class with one sample trains.
+    y = np.array([0] * 90 + [1] * 9 + [2])
+    train, val, test = data.stratified_split(y, 15, 15)
+    assert np.bincount(y[test], minlength=3).tolist() == [14, 1, 0]
+    assert 2 in y[train] and len(train) + len(val) + len(test) == 100
+
+
+def test_small_data_is_named_in_one_line_and_large_data_is_not():
+    small = load_data("synthetic:shapes?classes=2&n=240")
+    note = data.small_data_note(small)
+    assert note and "\n" not in note and "240 labelled images" in note and "168/36/36" in note
+    assert data.split_summary(small)["small"]
+    assert data.small_data_note(load_data("synthetic:shapes?classes=2&n=1200")) is None
+    assert data.is_small(np.array([0] * 600 + [1] * 40))   # one class below 50

@@ -67,6 +67,16 @@ def test_qat_model_converts_to_int8_and_matches_in_litert(base, data, tmp_path):
     assert_litert_matches_keras(result.model, data, tmp_path / "qat.tflite")
 
 
+def test_qat_parameter_count_is_the_models_weights_not_its_quantizers(base, data):
+    from optkit.compression import parameter_count
+
+    result = run("qat", base, data)
+    assert parameter_count(base) == base.count_params()
+    # The fake-quant model holds extra min/max ranges and step counters; they are not parameters.
+    assert result.model.count_params() > base.count_params()
+    assert parameter_count(result.model) == base.count_params()
+
+
 def test_qat_result_says_it_has_no_keras3_form(base, data):
     result = run("qat", base, data, convert="false")
     assert "no Keras 3 form" in result.info["model"]

@@ -181,3 +181,21 @@ def test_bench_report_plots_the_raw_sample_distribution(bench_report, tmp_path):
     assert [os.path.basename(p) for p in paths] == ["latency_vs_size.png", "latency_distribution.png"]
     img = mpimg.imread(paths[1])
     assert np.std(img[..., :3]) > 0.02
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_honour_the_umask(optimize_report, tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        paths = report.write_plots(optimize_report, str(tmp_path))
+        paths.append(report.write_text("x\n", str(tmp_path / "report.md")))
+    finally:
+        os.umask(old)
+    for p in paths:
+        assert os.stat(p).st_mode & 0o777 == 0o666 & ~umask, p
+
+
+def test_markdown_notes_become_html_and_markup_in_them_is_escaped():
+    page = report.markdown_html("## Notes\n\n- kept: `jit`\n- layer <class 'X'> & more")
+    assert "<h2>Notes</h2>" in page and "<li>kept: <code>jit</code></li>" in page
+    assert "&lt;class 'X'&gt; &amp; more" in page and "<class" not in page

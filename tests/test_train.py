@@ -155,3 +155,29 @@ def test_bad_training_arguments_are_user_errors(kwargs):
 def test_data_of_the_wrong_kind_is_a_user_error():
     with pytest.raises(UserError, match="expected an optkit Dataset"):
         train.fit(_cnn("keras3"), "not data", epochs=1, progress=False)
+
+
+def test_a_fine_tune_that_only_hurts_gives_back_its_starting_weights():
+    data = _bright_vs_dark()
+    model = _cnn("keras3")
+    train.fit(model, data, epochs=6, batch_size=16, learning_rate=0.05, progress=False)
+    start = [w.copy() for w in model.get_weights()]
+    # A learning rate this large wrecks the weights in one epoch: the start must win.
+    result = train.fit(model, data, epochs=2, learning_rate=50.0, keep_start=True, progress=False)
+    assert result.best["best_epoch"] == 0 and result.best["restored"]
+    for a, b in zip(start, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert result.val_accuracy == train.evaluate(model, data[2], data[3])
+
+
+def test_epochs_before_the_first_candidate_are_never_kept():
+    result = train.fit(_cnn("keras3"), _bright_vs_dark(), epochs=2, first_candidate_epoch=3, progress=False)
+    assert result.best["best_epoch"] is None and not result.best["restored"]
+    assert result.epochs_run == 2
+
+
+def test_small_data_gets_less_patience_and_no_validation_means_no_early_stopping():
+    small = train.fit(_cnn("keras3"), _bright_vs_dark(n=96), epochs=1, progress=False)
+    assert small.best["patience"] == train.SMALL_DATA_PATIENCE
+    x, y, _, _ = _bright_vs_dark()
+    assert train.fit(_cnn("keras3"), (x, y), epochs=1, progress=False).best == {}

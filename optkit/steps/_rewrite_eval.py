@@ -44,9 +44,11 @@ def measure_and_finetune(source, rewritten, ctx, epochs=-1):
     if epochs == 0:
         info["finetune"] = "skipped: 0 epochs"
         return info
+    # keep_start: a fine-tune that scores below the exact rewrite on validation gives it back.
     result = train.fit(rewritten, data, epochs=epochs, batch_size=ctx.batch_size, progress=ctx.progress,
-                       seed=getattr(ctx, "seed", 0))
+                       seed=getattr(ctx, "seed", 0), keep_start=True)
     info["finetune"] = result.to_json()
     info["output_error_after_finetune"] = relative_output_error(source, rewritten, x)
     info["accuracy_after_finetune"] = result.val_accuracy
+    info["kept_exact_rewrite"] = result.best.get("best_epoch") == 0
     return info

@@ -98,8 +98,11 @@ def apply(model, ctx, *, sparsity=0.5, schedule="polynomial", m_by_n="", layers=
             base, selected, lambda layer: mot.sparsity.keras.prune_low_magnitude(layer, **params),
             technique="prune", skip_unsupported=skip_unsupported)
 
+    # Only epochs that end at the target sparsity may be kept (or end the run): an earlier epoch's
+    # weights would bring back the masks of a ramp that had not finished.
+    at_target = _first_epoch_at_target(sched_desc, total, ctx.epochs)
     tuned = compression.fine_tune(wrapped_model, ctx, callbacks=[mot.sparsity.keras.UpdatePruningStep()],
-                                  learning_rate=lr)
+                                  learning_rate=lr, first_candidate_epoch=at_target)
     stripped = mot.sparsity.keras.strip_pruning(wrapped_model)
 
     per_layer = compression.sparsity_per_layer(stripped)
@@ -126,6 +129,15 @@ def apply(model, ctx, *, sparsity=0.5, schedule="polynomial", m_by_n="", layers=
         "model": "stripped tf_keras model (plain layers); saves as Keras 3 .keras",
     }
     return StepResult(stripped, info)
+
+
+def _first_epoch_at_target(schedule: dict, total_steps: int, epochs: int) -> int:
+    """The first epoch whose end is at or past the schedule's last mask update."""
+    if epochs < 1 or total_steps < 1:
+        return 1
+    steps_per_epoch = max(1, total_steps // epochs)
+    last_update = schedule.get("end_step", schedule.get("begin_step", 0))
+    return max(1, -(-(last_update + 1) // steps_per_epoch))
 
 
 def _tflite_hint(sparsity):
