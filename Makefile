@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo test test-fast test-unit install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP)
 ## The fast tests only, for the edit-test loop.
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+## The unit tier: tests that need no TensorFlow, run with TensorFlow made unimportable (< 2 min).
+test-unit: $(STAMP)
+	$(PY) -m pytest -p tests.no_tensorflow -m "unit and not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

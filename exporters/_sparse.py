@@ -27,8 +27,10 @@ SAME_SPEED = 0.05
 TIMING_S = 0.5   # per model: enough interleaved calls for a stable median on small vision models
 
 
-def keep_if_it_runs(sparse: bytes, convert_dense: Callable[[], bytes], *, threads: int = 1) -> Tuple[bytes, Dict]:
-    """(flatbuffer to write, details): the sparse one if LiteRT with XNNPACK runs it, else the dense one."""
+def keep_if_it_runs(sparse: bytes, convert_dense: Callable[[], bytes], *, ops_of: Callable[[str], list],
+                    threads: int = 1) -> Tuple[bytes, Dict]:
+    """(flatbuffer to write, details): the sparse one if LiteRT with XNNPACK runs it, else the dense one.
+    `ops_of(path)` lists a .tflite file's ops (the tflite exporter's own reader: no import back)."""
     from optkit import gate, runner
 
     with tempfile.TemporaryDirectory(prefix="optkit-sparse-") as tmp:
@@ -40,7 +42,7 @@ def keep_if_it_runs(sparse: bytes, convert_dense: Callable[[], bytes], *, thread
         size, gz = runner.file_sizes(sparse_path)
         dense_size, dense_gz = runner.file_sizes(dense_path)
         details = {"requested": True, "size_bytes": size, "dense_size_bytes": dense_size,
-                   "gzip_bytes": gz, "dense_gzip_bytes": dense_gz, "densify": _has_densify(sparse_path)}
+                   "gzip_bytes": gz, "dense_gzip_bytes": dense_gz, "densify": _has_densify(sparse_path, ops_of)}
         if size >= dense_size:
             details.update(applied=False, reason="no weight tensor was sparse enough for the sparse encoding "
                                                  "(prune first); wrote the dense model")
@@ -70,10 +72,8 @@ def keep_if_it_runs(sparse: bytes, convert_dense: Callable[[], bytes], *, thread
     return sparse, details
 
 
-def _has_densify(path) -> bool:
-    from exporters import tflite
-
-    return "DENSIFY" in tflite.inspect(path).get("ops", [])
+def _has_densify(path, ops_of) -> bool:
+    return "DENSIFY" in ops_of(path)
 
 
 def _first_line(exc) -> str:

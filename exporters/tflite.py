@@ -54,7 +54,8 @@ def export(model, out_path, *, quantize="none", data=None, **options):
         from exporters import _sparse
 
         flatbuffer, details["sparse"] = _sparse.keep_if_it_runs(
-            flatbuffer, lambda: _convert(model, quantize, data, options, {}, sparse=False))
+            flatbuffer, lambda: _convert(model, quantize, data, options, {}, sparse=False),
+            ops_of=lambda path: inspect(path).get("ops", []))
     with _common.atomic_output(out_path) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(flatbuffer)

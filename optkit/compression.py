@@ -20,6 +20,7 @@ import numpy as np
 
 from optkit import keras_io
 from optkit.errors import UserError
+from optkit.options import option
 
 # Weight attributes that hold a layer's "kernel": the tensors pruning zeroes and clustering shares.
 KERNEL_ATTRS = ("kernel", "depthwise_kernel", "pointwise_kernel", "embeddings")
@@ -320,11 +321,11 @@ def describe(model, *, selected: Optional[Sequence[str]] = None) -> Dict[str, An
     return info
 
 
-def selection_options(verb):
-    """The layer-selection options prune and cluster share (their Step option table entries)."""
-    return {
-        "layers": (str, "", f"layer names or types to {verb}, '+'-separated (default: all weight layers)"),
-        "skip_first": (bool, False, f"leave the first weight layer out (do not {verb} it)"),
-        "skip_last": (bool, False, f"leave the last weight layer out (do not {verb} it)"),
-        "skip_unsupported": (bool, False, f"leave layers tfmot cannot {verb} unwrapped instead of failing"),
-    }
+@dataclass(frozen=True)
+class SelectionOptions:
+    """The layer-selection options prune and cluster share (their option classes extend it)."""
+
+    layers: str = option("", "layer names or types to compress, '+'-separated (default: all weight layers)")
+    skip_first: bool = option(False, "leave the first weight layer out")
+    skip_last: bool = option(False, "leave the last weight layer out")
+    skip_unsupported: bool = option(False, "leave layers tfmot cannot wrap unwrapped instead of failing")

@@ -20,12 +20,12 @@ from typing import Any, Dict, Iterable, List, Optional
 
 from optkit import parity as parity_mod
 from optkit.errors import Unavailable, UserError
-from optkit.records import FAILED, OK, SKIPPED, Artifact, Parity
+from optkit.records import FAILED, OK, PRECISIONS, SKIPPED, Artifact, Parity
 
 # Validation inputs: enough samples that a top-1 agreement of 0.8 means something (one flip is
 # ~3%), few enough that a MobileNet validates in about a second on 2 cores.
 VALIDATION_SAMPLES = 32
-QUANTIZE_CHOICES = ("none", "dynamic", "float16", "int8")
+QUANTIZE_CHOICES = PRECISIONS
 
 
 def parse_formats(spec: Iterable[str] | str) -> List[str]:

@@ -13,6 +13,10 @@ SCHEMA = 1
 
 OK, SKIPPED, FAILED = "ok", "skipped", "failed"
 
+# The one list of export precisions (`--quantize`, `--to FMT:Q`, Artifact.quantize). Each exporter's
+# PRECISIONS is the subset it supports; optkit.parity has one tolerance per entry.
+PRECISIONS = ("none", "dynamic", "float16", "int8")
+
 
 def _clean(value):
     """dataclass -> JSON-ready dict/list, numpy scalars turned into Python numbers."""

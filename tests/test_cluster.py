@@ -81,5 +81,5 @@ def test_keras3_model_is_clustered_not_silently_returned(data, tmp_path):
 def test_bad_cluster_options_are_user_errors(base, data):
     with pytest.raises(UserError, match="init must be one of"):
         run("cluster", base, data, init="kmeans")
-    with pytest.raises(UserError, match="between 2 and 256"):
+    with pytest.raises(UserError, match=r"clusters must be in \[2, 256\]"):
         run("cluster", base, data, clusters="1")

@@ -223,3 +223,12 @@ def test_inputs_are_matched_by_name_when_the_artifact_sorts_them():
     assert parity.feed_order(["a_meta", "z_image"], Artifact) is None       # already in order
     assert parity.feed_order(["image", "meta"], Artifact) is None           # names do not correspond
     assert parity.feed_order(["z_image"], Artifact) is None                 # one input: position is enough
+
+
+def test_one_list_of_precisions_every_exporter_and_tolerance_draws_from():
+    from optkit import parity
+    from optkit.records import PRECISIONS
+
+    for name, module in exporters.registry().items():
+        assert set(module.PRECISIONS) <= set(PRECISIONS), name
+    assert set(parity.TOLERANCES) >= set(PRECISIONS)

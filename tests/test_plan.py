@@ -282,3 +282,22 @@ def test_a_toml_recipe_resolves_like_a_builtin_one(tmp_path):
     assert [(v.step.name, v.step.options.get("sparsity"), v.step.options.get("clusters"))
             for v in plan.variants[1:]] == [("prune", 0.8, None), ("cluster", None, 8)]
     assert [e.label for e in plan.variants[-1].exports] == ["tflite:int8"]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("cpu:onednn=maybe", "step 'cpu': onednn must be one of auto, on, off, got 'maybe'"),
+    ("fusing:steps=0", "step 'fusing': steps must be >= 1, got 0"),
+    ("prune:sparsity=1.5", "step 'prune': sparsity must be in [0, 1), got 1.5"),
+])
+def test_a_bad_step_option_fails_the_dry_run_with_exit_2_and_no_tensorflow(spec, message):
+    code = textwrap.dedent(f"""
+        import sys
+        from optkit.cli import main
+        try:
+            main(["optimize", "zoo:lenet5", "--data", "synthetic:shapes", "--step", "{spec}", "--dry-run"])
+        except SystemExit as exc:
+            print("EXIT", exc.code, "TF", "tensorflow" in sys.modules)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "EXIT 2 TF False", proc.stdout + proc.stderr
+    assert proc.stderr.strip() == f"optkit: error: {message}"

@@ -15,8 +15,7 @@ import click
 
 from optkit.commands.int8_flags import add_int8_options, int8_options
 from optkit.errors import UserError
-
-QUANTIZE = ("none", "dynamic", "float16", "int8")
+from optkit.records import PRECISIONS as QUANTIZE
 
 
 @click.command("export")

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from optkit import options as options_mod
 from optkit.errors import UserError
 
 
@@ -40,40 +41,40 @@ class StepResult:
     label: Optional[str] = None
 
 
+@dataclass(frozen=True)
+class NoOptions:
+    """A step that takes no options."""
+
+
 @dataclass
 class Step:
     name: str
     help: str
     apply: Callable[..., StepResult]
-    # option name -> (type, default, help); `--step name:k=v` values are parsed with `type`.
-    options: Dict[str, Tuple[type, Any, str]] = field(default_factory=dict)
+    # The options `apply` takes: a frozen dataclass whose fields use optkit.options.option (type,
+    # default, help, choices, range). `--step name:k=v` values are parsed and checked against it
+    # when the plan is built. (A {name: (type, default, help)} table is still accepted and turned
+    # into such a class, without choices or ranges.)
+    options: Any = NoOptions
     kind: str = "compression"   # rewrite | speed | train | compression
 
-    def parse_options(self, raw: Dict[str, str]) -> Dict[str, Any]:
-        """Validate `k=v` strings against the declared options; unknown keys are rejected."""
-        out = {k: default for k, (_, default, _) in self.options.items()}
-        for key, value in raw.items():
-            if key not in self.options:
-                known = ", ".join(sorted(self.options)) or "none"
-                raise UserError(f"step '{self.name}' has no option '{key}' (options: {known})")
-            typ = self.options[key][0]
-            out[key] = _convert(self.name, key, value, typ)
-        return out
+    def __post_init__(self):
+        if isinstance(self.options, dict):
+            self.options = _options_class(self.name, self.options)
+
+    def parse_options(self, raw: Dict[str, Any]) -> Dict[str, Any]:
+        """Every option typed and defaulted, checked against its declaration: the dict `apply`
+        takes as keyword arguments (and the plan records). Unknown keys, bad types, values outside
+        the choices or range are UserErrors."""
+        return options_mod.as_dict(options_mod.parse(self.options, raw, owner=f"step '{self.name}'"))
+
+    def option_infos(self):
+        return options_mod.fields(self.options)
 
 
-def _convert(step, key, value, typ):
-    if not isinstance(value, str):
-        return value
-    try:
-        if typ is bool:
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        return typ(value)
-    except ValueError:
-        raise UserError(f"step '{step}': option '{key}' expects {typ.__name__}, got '{value}'") from None
+def _options_class(step_name: str, table: Dict[str, Tuple[type, Any, str]]):
+    fields = [(key, typ, options_mod.option(default, text)) for key, (typ, default, text) in table.items()]
+    return make_dataclass(f"{step_name.title().replace('_', '')}Options", fields, frozen=True)
 
 
 def registry() -> Dict[str, Step]:

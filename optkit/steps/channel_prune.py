@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from optkit import channel_graph, compression, inspect_model, keras_io, train
+from optkit import channel_graph, compression, keras_io, model_cost, train
 from optkit.errors import UserError
 from optkit.steps import Step, StepResult
 
@@ -50,7 +50,7 @@ def apply(model, ctx, *, ratio=0.5, importance="l2", scope="layer", layers="", i
             "ratio": ratio, "importance": importance, "scope": scope, "iterations": iterations,
             "input_flavour": keras_io.flavour_of(model),
             "params_before": int(source.count_params()),
-            "multiply_adds_before": inspect_model.total_multiply_adds(source),
+            "multiply_adds_before": model_cost.total_multiply_adds(source),
             "accuracy_before": compression.accuracy(source, data), "rounds": []}
     current = source
     for round_index in range(1, iterations + 1):
@@ -79,7 +79,7 @@ def apply(model, ctx, *, ratio=0.5, importance="l2", scope="layer", layers="", i
     widths = {_key(g): g.channels for g in final.prunable_groups()}
     info.update({
         "params_after": int(current.count_params()),
-        "multiply_adds_after": inspect_model.total_multiply_adds(current),
+        "multiply_adds_after": model_cost.total_multiply_adds(current),
         "accuracy_after": compression.accuracy(current, data),
         "groups": [{"producers": list(k), "channels_before": n, "channels_after": widths.get(k, n)}
                    for k, n in original.items()],

@@ -7,11 +7,15 @@ PCQAT, and `qat` after it preserves both.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import numpy as np
 
 from optkit import compression
 from optkit import keras_io
 from optkit.errors import UserError
+from optkit.options import option
 from optkit.steps import Step, StepResult
 
 # option value -> tfmot CentroidInitialization member
@@ -19,12 +23,17 @@ INITS = {"kmeans_plus_plus": "KMEANS_PLUS_PLUS", "linear": "LINEAR", "density": 
          "random": "RANDOM"}
 
 
+@dataclass(frozen=True)
+class Options(compression.SelectionOptions):
+    clusters: int = option(16, "number of clusters (distinct values) per kernel", min=2, max=256)
+    init: str = option("kmeans_plus_plus", "centroid initialisation", choices=tuple(INITS))
+    per_channel: bool = option(False, "cluster each output channel of Conv2D kernels separately")
+    preserve_sparsity: Optional[bool] = option(None, "keep zeros of an earlier prune (default: when the model is pruned)")
+    lr: float = option(1e-4, "fine-tune learning rate (Adam)", min=0.0, min_open=True)
+
+
 def apply(model, ctx, *, clusters=16, init="kmeans_plus_plus", per_channel=False, preserve_sparsity=None,
           layers="", skip_first=False, skip_last=False, skip_unsupported=False, lr=1e-4):
-    if not 2 <= clusters <= 256:
-        raise UserError(f"cluster: clusters must be between 2 and 256, got {clusters}")
-    if init not in INITS:
-        raise UserError(f"cluster: init must be one of {', '.join(INITS)}, got '{init}'")
     mot = keras_io.tfmot()
     history = compression.detect_history(model, ctx)
     if preserve_sparsity is None:
@@ -100,13 +109,6 @@ STEP = Step(
     name="cluster",
     help="Weight clustering (tfmot): k shared values per kernel, fine-tuned, wrappers stripped.",
     apply=apply,
-    options={
-        "clusters": (int, 16, "number of clusters (distinct values) per kernel, 2-256"),
-        "init": (str, "kmeans_plus_plus", "centroid init: kmeans_plus_plus | linear | density | random"),
-        "per_channel": (bool, False, "cluster each output channel of Conv2D kernels separately"),
-        "preserve_sparsity": (bool, None, "keep zeros of an earlier prune (default: when the model is pruned)"),
-        **compression.selection_options("cluster"),
-        "lr": (float, 1e-4, "fine-tune learning rate (Adam)"),
-    },
+    options=Options,
     kind="compression",
 )

@@ -7,9 +7,17 @@ of epochs from the same rewritten weights and differs from the others only by it
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from optkit import keras_io, train
 from optkit.errors import UserError
+from optkit.options import option
 from optkit.steps import Step, StepResult
+
+
+@dataclass(frozen=True)
+class Options:
+    epochs: int = option(-1, "epochs (-1: the run's --epochs)", min=-1)
 
 
 def apply(model, ctx, *, epochs=-1):
@@ -29,6 +37,6 @@ STEP = Step(
     name="train",
     help="Train the model further with the speed settings it carries, and time it.",
     apply=apply,
-    options={"epochs": (int, -1, "epochs (-1: the run's --epochs)")},
+    options=Options,
     kind="train",
 )

@@ -16,8 +16,11 @@ from typing import Dict, List
 
 import numpy as np
 
+from dataclasses import dataclass
+
 from optkit import graph_edit, keras_io
 from optkit.errors import UserError
+from optkit.options import option
 from optkit.steps import Step, StepResult, _rewrite_eval
 
 # Identity at inference time, so a Dense behind them still reads the flattened features directly.
@@ -115,6 +118,12 @@ def _free_name(model, wanted):
     return name
 
 
+@dataclass(frozen=True)
+class Options:
+    pool: str = option("avg", "avg (GlobalAveragePooling2D) or max (GlobalMaxPooling2D)", choices=("avg", "max"))
+    epochs: int = option(-1, "fine-tuning epochs (-1: the run's --epochs; 0: none)", min=-1)
+
+
 def apply(model, ctx, *, pool="avg", epochs=-1):
     source = keras_io.as_keras3(model)
     new, per_head = rewrite(source, pool=pool)
@@ -129,9 +138,6 @@ STEP = Step(
     help="Replace Flatten -> Dense heads by global pooling -> Dense, the Dense initialised from the old "
          "weights summed over spatial positions, then fine-tune.",
     apply=apply,
-    options={
-        "pool": (str, "avg", "avg (GlobalAveragePooling2D) or max (GlobalMaxPooling2D)"),
-        "epochs": (int, -1, "fine-tuning epochs (-1: the run's --epochs; 0: none)"),
-    },
+    options=Options,
     kind="rewrite",
 )

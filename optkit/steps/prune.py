@@ -7,9 +7,12 @@ both, measured.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from optkit import compression
 from optkit import keras_io
 from optkit.errors import UserError
+from optkit.options import option
 from optkit.steps import Step, StepResult
 
 SCHEDULES = ("polynomial", "constant")
@@ -58,12 +61,20 @@ def make_schedule(mot, *, schedule: str, sparsity: float, total_steps: int):
                                               frequency=frequency), desc
 
 
+@dataclass(frozen=True)
+class Options(compression.SelectionOptions):
+    sparsity: float = option(0.5, "target share of zero weights per pruned kernel", min=0.0, max=1.0, max_open=True)
+    schedule: str = option("polynomial", "polynomial (ramp from 0) | constant", choices=SCHEDULES)
+    m_by_n: str = option("", "structured sparsity 'M:N', e.g. 2:4 (overrides sparsity)")
+    policy: str = option("none", "none | xnnpack (prune only 1x1 convs XNNPACK can run sparse)", choices=POLICIES)
+    lr: float = option(1e-3, "fine-tune learning rate (Adam)", min=0.0, min_open=True)
+
+    def __post_init__(self):
+        parse_m_by_n(self.m_by_n)     # 'M:N' is checked with the plan, not after training
+
+
 def apply(model, ctx, *, sparsity=0.5, schedule="polynomial", m_by_n="", layers="", skip_first=False,
           skip_last=False, skip_unsupported=False, policy="none", lr=1e-3):
-    if not 0.0 <= sparsity < 1.0:
-        raise UserError(f"prune: sparsity must be in [0, 1), got {sparsity}")
-    if policy not in POLICIES:
-        raise UserError(f"prune: policy must be one of {', '.join(POLICIES)}, got '{policy}'")
     compression.require_training_data(ctx, "prune")
     pair = parse_m_by_n(m_by_n)
     if pair:
@@ -164,13 +175,6 @@ STEP = Step(
     name="prune",
     help="Magnitude pruning (tfmot): target sparsity or M:N structure, fine-tuned, wrappers stripped.",
     apply=apply,
-    options={
-        "sparsity": (float, 0.5, "target share of zero weights per pruned kernel"),
-        "schedule": (str, "polynomial", "polynomial (ramp from 0) | constant"),
-        "m_by_n": (str, "", "structured sparsity 'M:N', e.g. 2:4 (overrides sparsity)"),
-        **compression.selection_options("prune"),
-        "policy": (str, "none", "none | xnnpack (prune only 1x1 convs XNNPACK can run sparse)"),
-        "lr": (float, 1e-3, "fine-tune learning rate (Adam)"),
-    },
+    options=Options,
     kind="compression",
 )

@@ -20,9 +20,12 @@ import os
 import re
 import tempfile
 
+from dataclasses import dataclass
+
 from optkit import compression
 from optkit import keras_io
 from optkit.errors import UserError
+from optkit.options import option
 from optkit.steps import Step, StepResult
 
 SCHEMES = ("auto", "qat", "pqat", "cqat", "pcqat")
@@ -164,9 +167,15 @@ def _custom_objects(layers):
     return custom
 
 
+@dataclass(frozen=True)
+class Options:
+    scheme: str = option("auto", "auto (from earlier steps) | qat | pqat | cqat | pcqat", choices=SCHEMES)
+    skip_unsupported: bool = option(False, "leave layers tfmot cannot quantize in float instead of failing")
+    lr: float = option(1e-4, "fine-tune learning rate (Adam)", min=0.0, min_open=True)
+    convert: bool = option(True, "convert to int8 TFLite once to report its size (and prove it converts)")
+
+
 def apply(model, ctx, *, scheme="auto", skip_unsupported=False, lr=1e-4, convert=True):
-    if scheme not in SCHEMES:
-        raise UserError(f"qat: scheme must be one of {', '.join(SCHEMES)}, got '{scheme}'")
     compression.require_training_data(ctx, "qat")
     mot = keras_io.tfmot()
     history = compression.detect_history(model, ctx)
@@ -223,11 +232,6 @@ STEP = Step(
     name="qat",
     help="Quantization-aware training (tfmot); PQAT/CQAT/PCQAT after prune/cluster. Export: tflite int8.",
     apply=apply,
-    options={
-        "scheme": (str, "auto", "auto (from earlier steps) | qat | pqat | cqat | pcqat"),
-        "skip_unsupported": (bool, False, "leave layers tfmot cannot quantize in float instead of failing"),
-        "lr": (float, 1e-4, "fine-tune learning rate (Adam)"),
-        "convert": (bool, True, "convert to int8 TFLite once to report its size (and prove it converts)"),
-    },
+    options=Options,
     kind="compression",
 )

@@ -21,8 +21,11 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from dataclasses import dataclass
+
 from optkit import graph_edit, keras_io
 from optkit.errors import UserError
+from optkit.options import option
 from optkit.steps import Step, StepResult, _rewrite_eval
 
 
@@ -137,6 +140,17 @@ def rewrite(model, *, rank: int = 1, layers: Optional[List[str]] = None, skip_st
     return graph_edit.rebuild(model, replace, weights), report
 
 
+@dataclass(frozen=True)
+class Options:
+    rank: int = option(1, "depth multiplier r = rank of the per-channel approximation; min(k·k, C_out) is exact",
+                       min=1)
+    layers: str = option("", "Conv2D layer names to rewrite, '+'-separated (default: every eligible one)")
+    skip_stem: bool = option(True, "leave the first convolution (it sees the image channels) alone")
+    init: str = option("svd", "svd (from the original kernel) or random (Keras' default initialisers)",
+                       choices=("svd", "random"))
+    epochs: int = option(-1, "fine-tuning epochs (-1: the run's --epochs; 0: none)", min=-1)
+
+
 def apply(model, ctx, *, rank=1, layers="", skip_stem=True, init="svd", epochs=-1):
     """The step: rewrite, measure the output error, fine-tune on ctx.data, measure again."""
     source = keras_io.as_keras3(model)
@@ -155,12 +169,6 @@ STEP = Step(
     help="Replace k×k Conv2D layers by depthwise-separable convolutions initialised by per-channel SVD "
          "of the original kernel, then fine-tune.",
     apply=apply,
-    options={
-        "rank": (int, 1, "depth multiplier r = rank of the per-channel approximation; min(k·k, C_out) is exact"),
-        "layers": (str, "", "Conv2D layer names to rewrite, '+'-separated (default: every eligible one)"),
-        "skip_stem": (bool, True, "leave the first convolution (it sees the image channels) alone"),
-        "init": (str, "svd", "svd (from the original kernel) or random (Keras' default initialisers)"),
-        "epochs": (int, -1, "fine-tuning epochs (-1: the run's --epochs; 0: none)"),
-    },
+    options=Options,
     kind="rewrite",
 )

@@ -26,8 +26,11 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from dataclasses import dataclass
+
 from optkit import keras_io, train
 from optkit.errors import UserError
+from optkit.options import option
 from optkit.steps import Step, StepResult
 
 # "auto": the mixed policy this hardware computes natively, else none (float32).
@@ -256,8 +259,6 @@ def apply_jit(model, ctx, *, enable=True):
 
 
 def apply_fusing(model, ctx, *, steps=32):
-    if steps < 1:
-        raise UserError(f"fusing: steps must be >= 1, got {steps}")
     new = _copy_with(model, steps_per_execution=int(steps))
     return StepResult(new, {"steps_per_execution": int(steps),
                             "applies_to": "every later optkit training run and the saved model's compile config",
@@ -266,8 +267,6 @@ def apply_fusing(model, ctx, *, steps=32):
 
 
 def apply_amp(model, ctx, *, policy="auto"):
-    if policy not in POLICIES:
-        raise UserError(f"amp: policy must be one of {', '.join(POLICIES)}, got '{policy}'")
     info = {"requested": policy, "cpu_bf16": cpu_has_bf16(), "gpus": len(gpus())}
     if policy == "mixed":
         policy = auto_policy()[0] or "mixed_bfloat16"
@@ -293,10 +292,6 @@ def apply_amp(model, ctx, *, policy="auto"):
 
 
 def apply_cpu(model, ctx, *, onednn="auto", threads=0):
-    if onednn not in ("auto", "on", "off"):
-        raise UserError(f"cpu: onednn must be auto, on or off, got '{onednn}'")
-    if threads < 0:
-        raise UserError(f"cpu: threads must be >= 0 (0 = TensorFlow's default), got {threads}")
     current = onednn_enabled()
     info = {"onednn_in_this_process": current, "cores": os.cpu_count()}
     wanted = None if onednn == "auto" else onednn == "on"
@@ -354,22 +349,45 @@ def apply_tune(model, ctx, *, probe_steps=PROBE_STEPS, onednn=True):
     return StepResult(new, info, label=label or "no speed setting helped")
 
 
+@dataclass(frozen=True)
+class JitOptions:
+    enable: bool = option(True, "false turns XLA off")
+
+
+@dataclass(frozen=True)
+class AmpOptions:
+    policy: str = option("auto", "auto: the hardware's native mixed policy, else none; mixed: native, else "
+                                 "mixed_bfloat16 even if emulated", choices=POLICIES)
+
+
+@dataclass(frozen=True)
+class FusingOptions:
+    steps: int = option(32, "train steps fused into one execution", min=1)
+
+
+@dataclass(frozen=True)
+class CpuOptions:
+    onednn: str = option("auto", "auto measures oneDNN off/on in fresh processes", choices=("auto", "on", "off"))
+    threads: int = option(0, "intra-op threads (0: TensorFlow's default)", min=0)
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    probe_steps: int = option(PROBE_STEPS, "timed training steps per setting and epoch", min=1)
+    onednn: bool = option(True, "also probe oneDNN off/on (two fresh TensorFlow processes)")
+
+
 STEPS = [
-    Step("jit", "Train with XLA (jit_compile=True).", apply_jit,
-         options={"enable": (bool, True, "false turns XLA off")}, kind="speed"),
+    Step("jit", "Train with XLA (jit_compile=True).", apply_jit, options=JitOptions, kind="speed"),
     Step("amp", "Train in mixed precision: mixed_float16 on GPUs, mixed_bfloat16 on CPUs with bf16 units; "
-                "the output layer stays float32.", apply_amp,
-         options={"policy": (str, "auto", "auto | mixed | mixed_bfloat16 | mixed_float16 | float32")}, kind="speed"),
+                "the output layer stays float32.", apply_amp, options=AmpOptions, kind="speed"),
     Step("fusing", "Run several train steps per execution (steps_per_execution).", apply_fusing,
-         options={"steps": (int, 32, "train steps fused into one execution")}, kind="speed"),
+         options=FusingOptions, kind="speed"),
     Step("cpu", "CPU settings: oneDNN (measured in fresh processes with 'auto') and the thread count.",
-         apply_cpu, options={"onednn": (str, "auto", "auto | on | off"),
-                             "threads": (int, 0, "intra-op threads (0: TensorFlow's default)")}, kind="speed"),
+         apply_cpu, options=CpuOptions, kind="speed"),
     Step("tune", "Measure a few training steps of XLA, mixed precision, step fusing (and oneDNN in fresh "
                  "processes) on this machine; keep only the settings that help.", apply_tune,
-         options={"probe_steps": (int, PROBE_STEPS, "timed training steps per setting and epoch"),
-                  "onednn": (bool, True, "also probe oneDNN off/on (two fresh TensorFlow processes)")},
-         kind="speed"),
+         options=TuneOptions, kind="speed"),
 ]
 
 
