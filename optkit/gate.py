@@ -6,19 +6,22 @@ Two statistics are compared, each needing two things at once to call a regressio
               1 + `max_slowdown` (default 10 %). With hundreds of samples a 1 % slowdown is
               "significant"; it is not a regression the user cares about.
   * p90     - the tail, which the median cannot see (one call in three 3x slower leaves the median
-              where it was): evidence: the one-sided (1 - alpha) lower confidence bound of the p90
-              ratio is above 1, from a percentile bootstrap (scipy.stats.bootstrap) of the log ratio,
+              where it was): a regression only when the one-sided (1 - alpha) lower confidence
+              bound of the p90 ratio is above 1 + `max_tail_slowdown` (20 %; never stricter than
+              `max_slowdown`, so a tolerated uniform slowdown passes) - evidence and magnitude in
+              one. The bound is a percentile bootstrap (scipy.stats.bootstrap) of the log ratio,
               which held its nominal rate on skewed and bimodal latencies where a normal-theory
-              interval did not; magnitude: the p90 ratio is above 1 + `max_tail_slowdown` (20 %;
-              never stricter than `max_slowdown`, so a tolerated uniform slowdown passes).
+              interval did not. Why the bound and not the point estimate: under load the p90 sits
+              at the edge of the preempted calls and its estimate swings (0.27x to 3.6x between
+              identical models here); with the point estimate as magnitude, a model 3 % slower was
+              called a p90 regression in 2 trials in 100 (benchmarks/gate_power.py).
 Too few samples in either set -> "inconclusive": the test has no power there, and a gate that
 passes because it could not see is worse than one that says so. A median slowdown above the
 tolerance that is not significant is also "inconclusive" (measure more), never a silent pass.
 Every inconclusive result carries the exact command to rerun (`rerun`).
 The tail decides only when it proves a regression. An unproven p90 excess is a note in
-`decided_by`, not an inconclusive gate: on a loaded machine the p90 of 200 calls swung from 0.83x
-to 1.41x between identical models (benchmarks/gate_power.py), so "inconclusive" there would fail
-one A/A check in five while proving nothing; a real tail regression clears the bootstrap bound.
+`decided_by`, not an inconclusive gate: with that swing, "inconclusive" failed one A/A check in
+five while proving nothing; a real tail regression clears the bound.
 
 Beside latency, deterministic checks compare what does not need statistics: file size,
 parameters, FLOPs (when the bench JSON carries them) and the validation status. Every result
@@ -176,9 +179,10 @@ def _mann_whitney_greater(candidate: Sequence[float], baseline: Sequence[float])
 
 
 def quantile_shift(baseline: Sequence[float], candidate: Sequence[float], q: float = TAIL_QUANTILE,
-                   alpha: float = DEFAULT_ALPHA, seed: int = 0) -> Tuple[float, float, float]:
+                   alpha: float = DEFAULT_ALPHA, seed: int = 0, limit: float = 1.0) -> Tuple[float, float, float]:
     """(ratio, lower bound, p): the candidate's q-quantile over the baseline's, the one-sided
-    (1 - alpha) lower confidence bound of that ratio, and the bootstrap p-value of "not slower".
+    (1 - alpha) lower confidence bound of that ratio, and the bootstrap p-value of "not above
+    `limit`" (the bound is above `limit` when p < alpha).
 
     A percentile bootstrap of log(q_cand / q_base), resampling each set on its own
     (scipy.stats.bootstrap). Seeded, so the same samples always give the same decision.
@@ -199,7 +203,7 @@ def quantile_shift(baseline: Sequence[float], candidate: Sequence[float], q: flo
                           n_resamples=BOOTSTRAP_RESAMPLES, batch=max(1, int(2e6 // max(len(base), len(cand)))),
                           confidence_level=1 - alpha, alternative="greater", method="percentile", rng=rng)
     dist = res.bootstrap_distribution
-    p = float((np.sum(dist <= 0) + 1) / (len(dist) + 1))
+    p = float((np.sum(dist <= math.log(limit)) + 1) / (len(dist) + 1))
     return ratio, float(math.exp(res.confidence_interval.low)), p
 
 
@@ -257,11 +261,12 @@ def _tail_stat(base, cand, alpha, max_tail_slowdown) -> Optional[Stat]:
     q_b, q_c = float(np.quantile(base, TAIL_QUANTILE)), float(np.quantile(cand, TAIL_QUANTILE))
     if q_b <= 0:
         return None
-    ratio, low, p = quantile_shift(base, cand, TAIL_QUANTILE, alpha)
     name, limit = TAIL_NAME, 1.0 + max_tail_slowdown
+    ratio, low, p = quantile_shift(base, cand, TAIL_QUANTILE, alpha, limit=limit)
     text = (f"{name} {q_b:.4g} -> {q_c:.4g} ms (ratio {ratio:.3f}, limit {limit:.3f}), bootstrap "
-            f"{100 * (1 - alpha):g}% lower bound {low:.3f} ({'>' if low > 1 else '<='} 1)")
-    return Stat(name, q_b, q_c, ratio, limit, low > 1.0, text,
+            f"{100 * (1 - alpha):g}% lower bound {low:.3f} ({'>' if low > limit else '<='} the limit)")
+    # Significant here means: proven above the limit, not merely above 1 (module doc).
+    return Stat(name, q_b, q_c, ratio, limit, low > limit, text,
                 extra={"quantile": TAIL_QUANTILE, "ratio_lower_bound": round(low, 6), "p_value": p,
                        "confidence": 1 - alpha, "method": "percentile bootstrap of the log quantile ratio"})
 
@@ -311,7 +316,7 @@ def latency_decision(baseline_ms, candidate_ms, *, alpha=DEFAULT_ALPHA,
     others = [x for x in stats if x not in deciding]
     numbers = "; ".join(x.text for x in deciding + others) + f"; n={len(base)}/{len(cand)}"
     if tail is not None and tail.ratio > tail.limit and not tail.significant:
-        numbers += (f"; note: the {tail.name} looks {tail.ratio:.2f}x slower, not significant: about "
+        numbers += (f"; note: the {tail.name} looks {tail.ratio:.2f}x slower, not proven: about "
                     f"{_round_up(4 * min(len(base), len(cand)))} runs a side would tell")
     return GateResult(decision, median.ratio, median.extra["p_value"], baseline_median_ms=median.baseline_ms,
                       candidate_median_ms=median.candidate_ms, statistic="+".join(x.name for x in deciding),
@@ -515,11 +520,15 @@ def measure_artifacts(baseline_path, candidate_path, *, runtime=None, threads=No
             raise UserError(f"no such artifact: {p}")
     from optkit.runner import RunnerError, load_predictor, random_inputs
 
+    # The interpreter loaded second ran ~1 % faster than the first on one and the same file
+    # (LiteRT, measured in benchmarks/gate_power.py's A/A): the seed picks the order, so the
+    # --confirm rerun (seed 1) loads them the other way round.
+    order = [(0, baseline_path), (1, candidate_path)][:: 1 if seed % 2 else -1]
     try:
-        pa = load_predictor(str(baseline_path), runtime=runtime, threads=threads)
-        pb = load_predictor(str(candidate_path), runtime=runtime, threads=threads)
+        loaded = {i: load_predictor(str(p), runtime=runtime, threads=threads) for i, p in order}
     except RunnerError as exc:   # a bad model file or runtime name: the user's input
         raise UserError(str(exc)) from None
+    pa, pb = loaded[0], loaded[1]
     if progress:
         progress(f"measuring {baseline_path} and {candidate_path} interleaved "
                  f"(>= {min_time:g} s and {min_runs} runs each, {pa.threads} thread(s), batch {batch})")

@@ -173,7 +173,7 @@ def test_an_unproven_tail_excess_is_a_note_and_a_proven_one_a_regression():
     noisy = gate.decide(list(rng.permutation(bulk + [1.3] * 4)), list(rng.permutation(bulk + [1.6] * 4)))
     assert noisy.tail["ratio"] > 1.2 and not noisy.tail["significant"] and noisy.tail["ratio_lower_bound"] < 1
     assert noisy.decision == gate.PASS and noisy.rerun is None
-    assert "note: the p90 looks 1.23x slower, not significant: about 120 runs a side would tell" in noisy.decided_by
+    assert "note: the p90 looks 1.23x slower, not proven: about 120 runs a side would tell" in noisy.decided_by
     # The same shape with 400 calls a side: proven.
     base = latencies(1.0, 400, 3)
     cand = [v * 1.5 if v > np.quantile(base, 0.8) else v for v in base]   # the slowest fifth
