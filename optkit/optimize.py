@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from optkit import plan as plan_mod
+from optkit import quant_debug
 from optkit.errors import OptkitError, Unavailable, UserError
 from optkit.records import FAILED, OK, SKIPPED, SCHEMA, Artifact, Latency, Parity, Variant
 
@@ -400,8 +401,9 @@ class Pipeline:
         _log(f"export {record.name} -> {spec.label}")
         # export_one handles unavailable formats/precisions (skipped) and validates with optkit.parity.
         try:
+            options = quant_debug.format_options(spec.format, self.plan.int8) if spec.quantize == "int8" else {}
             artifact = export_mod.export_one(module, model, out, quantize=spec.quantize, data=self.data,
-                                             threads=self.threads)
+                                             threads=self.threads, options=options)
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001 - export_one guards the converter; this guards the rest
@@ -545,6 +547,8 @@ def summary(report: dict) -> str:
     search = report.get("search")
     if search:
         text += "\n\n" + _search_summary(search)
+    for label, q in report_mod.quantized_artifacts(report):
+        text += f"\n\nint8 layers, worst first ({label}):\n" + report_mod.quant_table(q)
     if report.get("failures"):
         text += "\n\nfailed:\n" + "\n".join(f"  {line}" for line in report["failures"])
     return text

@@ -111,6 +111,9 @@ class Plan:
     unsafe: bool = False
     tiny: bool = False
     search: Optional[SearchSpec] = None
+    # int8 exporter settings (optkit.quant_debug: quant_report, keep_float, calibration_samples,
+    # calibration_method, per_channel) applied to every int8 tflite/onnx export
+    int8: Dict[str, Any] = field(default_factory=dict)
     schema: int = PLAN_SCHEMA
 
     @property
@@ -236,7 +239,8 @@ def resolve(*, model: Optional[str] = None, data: Optional[str] = None, recipe: 
             steps=(), to: Optional[str] = None, epochs: Optional[int] = None,
             batch_size: Optional[int] = None, seed: Optional[int] = None, strategy: Optional[str] = None,
             max_accuracy_drop: Optional[float] = None, budget: Optional[float] = None,
-            trials: Optional[int] = None, unsafe: bool = False, tiny: Optional[bool] = None) -> Plan:
+            trials: Optional[int] = None, unsafe: bool = False, tiny: Optional[bool] = None,
+            int8: Optional[Dict[str, Any]] = None) -> Plan:
     """Command-line choices -> a Plan (UserError for contradictions). Imports no TensorFlow."""
     steps = list(steps or ())
     if tiny is None:
@@ -293,6 +297,14 @@ def resolve(*, model: Optional[str] = None, data: Optional[str] = None, recipe: 
     else:
         exports = [ExportSpec.parse(s) for s in DEFAULT_EXPORTS]
     _check_exports(exports)
+    int8 = dict(int8 or {})
+    if int8:
+        from optkit import quant_debug
+
+        if mode == "search":
+            raise UserError("the int8 flags apply to --to exports, not to an accuracy-aware search")
+        quant_debug.check_targets(int8, [e.format for e in exports if e.quantize == "int8"
+                                         and e.format in quant_debug.INT8_FORMATS], "--to (int8)")
 
     search = None
     if mode == "search":
@@ -325,7 +337,7 @@ def resolve(*, model: Optional[str] = None, data: Optional[str] = None, recipe: 
     return Plan(model=model_ref, data=data, mode=mode, variants=variants,
                 recipe=rec.name if rec else None, model_sha256=sha, train_baseline=train,
                 epochs=epochs, batch_size=batch_size, seed=seed, data_limit=data_limit,
-                strategy=strategy, unsafe=unsafe, tiny=bool(tiny), search=search)
+                strategy=strategy, unsafe=unsafe, tiny=bool(tiny), search=search, int8=int8)
 
 
 def _model_ref(model: Optional[str]):
@@ -417,7 +429,7 @@ def load(path: str) -> Plan:
         search = SearchSpec(**doc["search"]) if doc.get("search") else None
         fields = {k: doc[k] for k in ("model", "data", "mode", "recipe", "model_sha256", "train_baseline",
                                       "epochs", "batch_size", "seed", "data_limit", "strategy", "unsafe",
-                                      "tiny") if k in doc}
+                                      "tiny", "int8") if k in doc}
         plan = Plan(variants=variants, search=search, **fields)
     except (KeyError, TypeError) as exc:
         raise UserError(f"{path}: malformed plan ({exc})") from None

@@ -492,23 +492,22 @@ class GoalResult:
 
 
 def evaluator(model, data, predict_file: Callable[[str], Callable]):
-    """(measure name, float score, score(path) -> float): accuracy on labelled validation data, or
-    without labels the top-1 agreement with the float model (its outputs are the labels)."""
-    from optkit import bench, keras_io
+    """(measure name, float score, score(path) -> float), in points (0-100): accuracy on labelled
+    validation data (optkit.metrics: top-1, or pixel accuracy for segmentation), or without
+    labels the agreement with the float model's predicted classes (its outputs are the labels)."""
+    from optkit import keras_io, metrics
 
     x, y = _validation(data)
     ref = keras_io.predict(model, x)
     ref = ref[0] if isinstance(ref, (list, tuple)) else ref
     if y is None:
-        y = np.asarray(ref).reshape(len(x), -1).argmax(1)
-        measure = "top1_agreement"
-        baseline = 100.0
+        y, measure = metrics.predicted_labels(ref), "top1_agreement"
     else:
         measure = "accuracy"
-        baseline = 100.0 * float(np.mean(np.asarray(ref).reshape(len(x), -1).argmax(1) == y))
+    baseline = 100.0 * metrics.accuracy(ref, y)
 
     def score(path):
-        return 100.0 * bench.accuracy(predict_file(path), x, y, batch=32)
+        return 100.0 * metrics.evaluate(predict_file(path), x, y)["accuracy"]
 
     return measure, baseline, score
 
@@ -520,7 +519,7 @@ def _validation(data):
         x = getattr(data, xs, None)
         if x is not None and len(x):
             y = getattr(data, ys, None)
-            y = None if y is None or len(y) != len(x) else np.asarray(y).reshape(-1)[:GOAL_SAMPLES]
+            y = None if y is None or len(y) != len(x) else np.asarray(y)[:GOAL_SAMPLES]
             return np.asarray(x[:GOAL_SAMPLES], dtype=np.float32), y
     raise UserError("--max-accuracy-drop: --data has no samples")
 
@@ -555,6 +554,28 @@ def search(rows: List[LayerError], write: Callable[[List[str]], str], score: Cal
 # Converter options this module adds to the tflite and onnx exporters (`--option FMT:K=V` and
 # the export/optimize flags); `calibration_method` is ONNX only (TFLite calibrates by min/max).
 OPTIONS = ("quant_report", "keep_float", "max_accuracy_drop", "float_limit")
+
+
+INT8_FORMATS = ("tflite", "onnx")
+ONNX_ONLY = ("calibration_method", "per_channel")
+
+
+def format_options(fmt: str, settings: dict) -> dict:
+    """The int8 settings (export/optimize flags) that exporter `fmt` takes."""
+    if fmt not in INT8_FORMATS:
+        return {}
+    return {k: v for k, v in settings.items() if fmt == "onnx" or k not in ONNX_ONLY}
+
+
+def check_targets(settings: dict, targets, where: str) -> None:
+    """UserError when int8 settings have no int8 tflite/onnx export to apply to."""
+    flags = ", ".join("--" + k.replace("_", "-") for k in settings)
+    if not targets:
+        raise UserError(f"{flags} apply to int8 tflite or onnx; {where} has neither")
+    onnx_only = [k for k in ONNX_ONLY if k in settings]
+    if onnx_only and "onnx" not in targets:
+        raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in onnx_only)} apply to onnx; "
+                        f"{where} has no onnx")
 
 
 def wanted(options) -> bool:

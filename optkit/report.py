@@ -545,7 +545,10 @@ def _num(v, spec="{:.1f}"):
 
 
 def _stem(label: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in label).strip("_").lower()
+    """'baseline · TFLite int8' -> 'baseline_tflite_int8' (a file name)."""
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
 
 
 def _quant_figure(Figure, label, q):

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from optkit import bench, export, quant_debug, runner
+from optkit import export, metrics, quant_debug, runner
 from optkit.cli import main
 
 import quant_models
@@ -34,15 +34,14 @@ def run_cli(capsys, args):
 
 
 def accuracy_of(path, data):
-    return 100 * bench.accuracy(runner.load_predictor(path, threads=1), data.x_test, data.y_test, batch=32)
+    return 100 * metrics.evaluate(runner.load_predictor(path, threads=1), data.x_test, data.y_test)["accuracy"]
 
 
 @pytest.fixture(scope="module")
 def float_acc(wide, data):
     from optkit import keras_io
 
-    out = keras_io.predict(wide[0], data.x_test)
-    return 100 * float(np.mean(out.argmax(1) == data.y_test))
+    return 100 * metrics.accuracy(keras_io.predict(wide[0], data.x_test), data.y_test)
 
 
 def int8(model, fmt, data, out, **options):
@@ -150,6 +149,16 @@ def test_max_accuracy_drop_keeps_the_worst_layers_float_until_within_goal(wide, 
     assert accuracy_of(art.path, data) >= float_acc - 1.5      # held-out test split, not the goal's val split
 
 
+def test_without_labels_the_goal_is_agreement_with_the_float_model(wide, data, tmp_path):
+    from types import SimpleNamespace
+
+    images_only = SimpleNamespace(x_train=data.x_train, x_val=data.x_val, source="images only")
+    art = int8(wide[0], "tflite", images_only, tmp_path, max_accuracy_drop=1.0)
+    goal = art.quantization["goal"]
+    assert goal["measure"] == "top1_agreement" and goal["baseline"] == 100.0 and goal["drop"] <= 1.0
+    assert len(art.quantization["float_layers"]) <= 2
+
+
 def test_unreachable_goal_exits_1_with_one_line(wide, tmp_path, capsys):
     model, path = wide
     code, out, err = run_cli(capsys, ["export", path, "--to", "tflite", "--quantize", "int8", "--data",
@@ -212,3 +221,37 @@ def test_onnx_max_accuracy_drop_tries_calibration_then_float_layers(wide, data, 
     assert [m["method"] for m in q["goal"]["methods_tried"]] == list(quant_debug.METHODS)
     assert 1 <= len(q["float_layers"]) <= 2 and q["goal"]["drop"] <= 1.0
     assert accuracy_of(art.path, data) >= float_acc - 1.5
+
+
+# ----------------------------------------------------------------- optimize
+
+def test_optimize_plan_carries_the_int8_settings_and_refuses_them_without_int8(tmp_path, capsys):
+    from optkit import plan as plan_mod
+
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"plans hash the file; nothing loads it")
+    plan = plan_mod.resolve(model=str(model), to="tflite:int8,onnx:int8",
+                            int8={"quant_report": True, "calibration_method": "entropy"})
+    path = tmp_path / "plan.json"
+    plan_mod.write(plan, str(path))
+    assert plan_mod.load(str(path)).int8 == {"quant_report": True, "calibration_method": "entropy"}
+    code, _, err = run_cli(capsys, ["optimize", str(model), "--to", "tflite", "--quant-report", "--dry-run"])
+    assert code == 2 and "--quant-report apply to int8 tflite or onnx; --to (int8) has neither" in err
+    code, _, err = run_cli(capsys, ["optimize", str(model), "--to", "tflite:int8", "--per-channel", "--dry-run"])
+    assert code == 2 and "--per-channel apply to onnx" in err
+
+
+@pytest.mark.slow
+def test_optimize_reports_the_layers_in_report_json_html_and_terminal(wide, tmp_path, capsys):
+    model, path = wide
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(capsys, ["optimize", path, "--data", _npz(tmp_path), "--to", "tflite:int8",
+                                         "--quant-report", "--keep-float", "wide,conv3", "-o", str(out)])
+    assert code == 0, err[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    (art,) = report["variants"][0]["artifacts"]
+    q = art["quantization"]
+    assert q["float_layers"] == ["wide", "conv3"] and {r["name"] for r in q["layers"][:2]} == {"wide", "conv3"}
+    assert "int8 layers, worst first" in stdout
+    assert 'alt="Per-layer int8 error: baseline · TFLite int8' in (out / "report.html").read_text()
+    assert (out / "quant_layers_baseline_tflite_int8.png").exists()

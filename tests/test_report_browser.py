@@ -50,3 +50,30 @@ def test_screenshot_is_not_blank(rendered):
     # and colour: the plots' markers (matplotlib's blue) are drawn, not only grey text
     blue = (img[..., 2] > 0.6) & (img[..., 0] < 0.3)
     assert blue.sum() > 50
+
+
+def test_per_layer_int8_plot_renders_in_the_browser(tmp_path):
+    """An int8 artifact with a --quant-report diagnosis gets its own plot: bars per layer, worst
+    on top, in the page the browser renders."""
+    import matplotlib.image as mpimg
+
+    with open(os.path.join(HERE, "golden", "report_fixture.json")) as fh:
+        doc = json.load(fh)
+    art = next(a for v in doc["variants"] for a in v["artifacts"] if a["quantize"] == "int8")
+    art["quantization"] = {
+        "backend": "tflite", "calibration": {"method": "minmax", "samples": 100}, "float_layers": ["wide"],
+        "layers": [{"name": "wide", "op": "CONV_2D", "snr_db": 44.2, "rmse": 5.1, "channel_snr_db": 0.0},
+                   {"name": "conv3", "op": "CONV_2D", "snr_db": 1.5, "rmse": 4.9, "channel_snr_db": 1.2},
+                   {"name": "head", "op": "FULLY_CONNECTED", "snr_db": 30.1, "rmse": 0.02, "channel_snr_db": 31.0}]}
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(doc))
+    proc = subprocess.run([sys.executable, SCRIPT, str(path), "-o", str(tmp_path), "--width", "1400",
+                           "--height", "2400"], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shot = json.loads(proc.stdout)
+    dom = open(shot["dom"], encoding="utf-8").read()
+    imgs = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,', dom)
+    quant = [i for i in imgs if i.startswith("Per-layer int8 error:")]
+    assert quant == ["Per-layer int8 error: pruned 75% · TFLite int8"]
+    img = mpimg.imread(shot["png"])[..., :3]
+    assert np.std(img) > 0.05

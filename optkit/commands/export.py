@@ -33,7 +33,7 @@ from optkit.records import PRECISIONS as QUANTIZE
 @click.option("--threads", type=int, help="Runtime threads used for validation (default: all available cores).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"artifacts": [...]} on stdout.')
 @click.option("--unsafe", is_flag=True, help="Allow loading models with Lambda layers (runs their code).")
-@int8_options
+@int8_options()
 @click.pass_context
 def export_cmd(ctx, model, formats, quantize, data, out_dir, raw_options, threads, as_json, unsafe, **int8):
     """Export MODEL (.keras, .h5 or SavedModel dir) and validate every artifact against MODEL."""

@@ -10,6 +10,7 @@ import json
 import click
 
 from optkit import plan as plan_mod
+from optkit.commands.int8_flags import int8_options, int8_settings
 from optkit.errors import UserError
 
 
@@ -42,9 +43,10 @@ from optkit.errors import UserError
 # Hidden: the tiny schedule (1 epoch, a few hundred samples, short timings) for end-to-end tests.
 # Same as OPTKIT_TINY=1 in the environment.
 @click.option("--tiny", is_flag=True, default=None, hidden=True)
+@int8_options(goal=False)
 @click.pass_context
 def optimize_cmd(ctx, model, data, recipe, steps, to, epochs, batch_size, out_dir, as_json, dry_run,
-                 plan_file, max_accuracy_drop, budget, trials, strategy, unsafe, seed, tiny):
+                 plan_file, max_accuracy_drop, budget, trials, strategy, unsafe, seed, tiny, **int8):
     """Rewrite, speed up, compress, export, validate and benchmark MODEL; write a report.
 
     With no MODEL and no --data: the embedded demo (the zoo Lesson 14 CNN on synthetic shapes,
@@ -59,6 +61,7 @@ def optimize_cmd(ctx, model, data, recipe, steps, to, epochs, batch_size, out_di
                                           ("--batch-size", batch_size), ("--max-accuracy-drop", max_accuracy_drop),
                                           ("--budget", budget), ("--trials", trials), ("--seed", seed))
                  if value not in (None, ())]
+        given += ["--" + k.replace("_", "-") for k in int8_settings(int8)]
         if given:
             raise UserError(f"--plan replays a plan as written; drop {', '.join(given)}")
         plan = plan_mod.load(plan_file)
@@ -70,6 +73,7 @@ def optimize_cmd(ctx, model, data, recipe, steps, to, epochs, batch_size, out_di
         plan = plan_mod.resolve(model=model, data=data, recipe=recipe, steps=steps, to=to, epochs=epochs,
                                 batch_size=batch_size, seed=seed, strategy=strategy,
                                 max_accuracy_drop=max_accuracy_drop, budget=budget, trials=trials,
+                                int8=int8_settings(int8),
                                 unsafe=unsafe, tiny=tiny)
 
     if dry_run:
