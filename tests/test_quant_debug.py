@@ -51,6 +51,7 @@ def int8(model, fmt, data, out, **options):
 
 # ----------------------------------------------------------------- naming (no TensorFlow)
 
+@pytest.mark.unit
 def test_graph_names_map_to_keras_layers_in_model_order():
     names = ["conv", "conv_1", "bn", "relu", "head"]
     # Keras 3 adds _1 to scopes; TFLite joins fused ops with ';' (conv first in model order)
@@ -62,6 +63,7 @@ def test_graph_names_map_to_keras_layers_in_model_order():
     assert quant_debug.layers_in("StatefulPartitionedCall_1:0", names) == []
 
 
+@pytest.mark.unit
 def test_keep_float_of_an_unknown_layer_names_the_quantized_ones():
     from optkit.errors import UserError
 
@@ -69,6 +71,7 @@ def test_keep_float_of_an_unknown_layer_names_the_quantized_ones():
         quant_debug.resolve_keep_float(["nope"], ["conv", "head"], {"conv": ["a"], "head": ["b"]})
 
 
+@pytest.mark.unit
 def test_snr_and_channel_snr_see_a_channel_drowned_by_a_wide_one():
     rng = np.random.default_rng(0)
     ref = rng.random((64, 8)).astype(np.float32)
@@ -80,11 +83,13 @@ def test_snr_and_channel_snr_see_a_channel_drowned_by_a_wide_one():
     assert quant_debug.channel_snr_db(ref, q) < 5         # ... its median channel does not
 
 
+@pytest.mark.unit
 def test_float_limit_is_a_fifth_of_the_layers_at_least_one():
     assert quant_debug.float_limit(11) == 2
     assert quant_debug.float_limit(4) == 1
 
 
+@pytest.mark.unit
 def test_int8_flags_are_refused_where_they_mean_nothing(tmp_path, capsys):
     model = tmp_path / "m.keras"
     model.write_bytes(b"not read: the flags are checked first")
@@ -225,6 +230,7 @@ def test_onnx_max_accuracy_drop_tries_calibration_then_float_layers(wide, data, 
 
 # ----------------------------------------------------------------- optimize
 
+@pytest.mark.unit
 def test_optimize_plan_carries_the_int8_settings_and_refuses_them_without_int8(tmp_path, capsys):
     from optkit import plan as plan_mod
 
