@@ -15,6 +15,8 @@ import pytest
 from optkit import adb
 from optkit.errors import RunFailure, UserError
 
+pytestmark = pytest.mark.unit   # needs no TensorFlow: `make test-unit` runs it with TF unimportable
+
 DATA = os.path.join(os.path.dirname(__file__), "data")
 
 

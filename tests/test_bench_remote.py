@@ -11,6 +11,8 @@ from optkit.errors import UserError
 from test_remote import VENV_PYTHON, sshd  # noqa: F401  (module fixture: a real sshd on 127.0.0.1)
 from tiny_onnx import tiny_onnx
 
+pytestmark = pytest.mark.unit   # needs no TensorFlow: `make test-unit` runs it with TF unimportable
+
 
 def test_bench_remote_prints_the_remote_runners_results(sshd, tmp_path):
     model = tiny_onnx(tmp_path / "remote_model.onnx")

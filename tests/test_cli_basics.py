@@ -4,10 +4,13 @@ import os
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from optkit import __version__
 from optkit.cli import cli
+
+pytestmark = pytest.mark.unit   # needs no TensorFlow: `make test-unit` runs it with TF unimportable
 
 
 def _run(*args, **kw):

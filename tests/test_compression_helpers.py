@@ -172,6 +172,7 @@ def test_history_is_detected_from_weights_without_a_record(cnn):
     assert (got.pruned, got.clustered) == (True, True)
 
 
+@pytest.mark.unit
 def test_fine_tuning_steps_refuse_to_run_without_data():
     with pytest.raises(UserError, match="needs training data"):
         compression.require_training_data(context(None), "prune")

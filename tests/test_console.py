@@ -3,7 +3,11 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from optkit import console
+
+pytestmark = pytest.mark.unit   # needs no TensorFlow: `make test-unit` runs it with TF unimportable
 
 NOISE_LINES = [
     b"I0000 00:00:1700000000.123 4242 cpu_feature_guard.cc:210] oneDNN custom operations are on.\n",

@@ -12,6 +12,8 @@ from optkit import data
 from optkit.data import SHAPE_CLASSES, load_data, synthetic_shapes
 from optkit.errors import UserError
 
+pytestmark = pytest.mark.unit   # needs no TensorFlow: `make test-unit` runs it with TF unimportable
+
 
 def _check_dataset(ds, shape, num_classes):
     for x, y in ((ds.x_train, ds.y_train), (ds.x_val, ds.y_val), (ds.x_test, ds.y_test)):

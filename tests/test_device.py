@@ -10,6 +10,8 @@ import pytest
 
 from optkit import device
 
+pytestmark = pytest.mark.unit   # needs no TensorFlow: `make test-unit` runs it with TF unimportable
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EDGE_MODULES = ("optkit.gate", "optkit.remote", "optkit.adb", "optkit.device")
 

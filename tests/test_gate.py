@@ -9,6 +9,8 @@ from optkit import gate
 from optkit.cli import cli
 from optkit.errors import UserError
 
+pytestmark = pytest.mark.unit   # needs no TensorFlow: `make test-unit` runs it with TF unimportable
+
 
 def latencies(median_ms, n, seed, spread=0.08):
     """Right-skewed latencies like a real timer's: lognormal around the median, plus rare spikes."""

@@ -5,6 +5,10 @@ moved without the other. Read with `ast`, so no module is imported (and no Tenso
 import ast
 import os
 
+import pytest
+
+pytestmark = pytest.mark.unit   # needs no TensorFlow: `make test-unit` runs it with TF unimportable
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("optkit", "exporters")
 

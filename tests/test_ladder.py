@@ -13,6 +13,7 @@ from optkit.records import Variant
 NAMES = ["Naive", "Pooling", "Separable", "Separable+JIT", "Separable+JIT+AMP", "Separable+JIT+AMP+Fusing", "Tuned"]
 
 
+@pytest.mark.unit
 def test_decide_keeps_only_settings_clearly_faster_than_float32():
     from optkit.steps import speed
 
@@ -24,6 +25,7 @@ def test_decide_keeps_only_settings_clearly_faster_than_float32():
     assert "within noise" in verdict["why"]["fusing"]
 
 
+@pytest.mark.unit
 def test_every_rung_is_a_plan_variant_with_a_content_hash_id():
     plan = plan_mod.resolve(recipe="lesson14", data="synthetic:shapes", epochs=2)
     assert plan.mode == "ladder" and [v.name for v in plan.variants] == NAMES
@@ -49,6 +51,7 @@ def test_every_rung_is_a_plan_variant_with_a_content_hash_id():
         [x.id for x in plan.variants]
 
 
+@pytest.mark.unit
 def test_a_several_step_variant_has_the_id_of_the_same_steps_as_a_chain():
     plan = plan_mod.resolve(recipe="lesson14", data="synthetic:shapes")
     jit = plan.variants[3]
@@ -58,12 +61,14 @@ def test_a_several_step_variant_has_the_id_of_the_same_steps_as_a_chain():
     assert chained.id == jit.id
 
 
+@pytest.mark.unit
 def test_tiny_schedule_probes_briefly_and_skips_the_onednn_processes():
     plan = plan_mod.resolve(recipe="lesson14", data="synthetic:shapes", tiny=True)
     tune = plan.variants[-1].steps[1]
     assert tune.name == "tune" and tune.options == {"probe_steps": 4, "onednn": False}
 
 
+@pytest.mark.unit
 def test_dry_run_json_lists_every_rung_and_replays(tmp_path):
     result = CliRunner().invoke(cli, ["optimize", "--recipe", "lesson14", "--dry-run", "--json"])
     assert result.exit_code == 0, result.output
@@ -75,6 +80,7 @@ def test_dry_run_json_lists_every_rung_and_replays(tmp_path):
     assert [v.id for v in replayed.variants] == [v["id"] for v in doc["variants"]]
 
 
+@pytest.mark.unit
 def test_the_ladder_on_a_users_model_needs_data(tmp_path):
     model = tmp_path / "m.keras"
     model.write_bytes(b"not read before the plan is checked")
@@ -88,6 +94,7 @@ def _record(name, *, train=1.0, infer=1.0, params=100, accuracy=0.5, steps=(), s
                    details={"size_bytes": size})
 
 
+@pytest.mark.unit
 def test_annotate_marks_slower_speed_rungs_and_says_what_the_probe_kept():
     probe = {"ms_per_step": {"float32": 10.0, "jit": 8.0, "amp": 30.0, "fusing": 10.5}, "steps": 4,
              "amp_policy": "mixed_bfloat16", "fusing_steps": 4, "kept": ["jit"],
@@ -118,6 +125,7 @@ def test_annotate_marks_slower_speed_rungs_and_says_what_the_probe_kept():
     assert section["speed_probe"] is probe
 
 
+@pytest.mark.unit
 def test_annotate_calls_a_tuned_rung_that_kept_nothing_a_repeat_of_separable():
     records = [_record("Naive"), _record("Separable", train=2.0),
                _record("Tuned (no speed setting helped)", train=2.5, steps=[

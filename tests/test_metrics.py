@@ -4,6 +4,8 @@ import pytest
 
 from optkit import metrics
 
+pytestmark = pytest.mark.unit   # needs no TensorFlow: `make test-unit` runs it with TF unimportable
+
 
 def test_classification_accuracy_counts_every_sample():
     out = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])

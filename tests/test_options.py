@@ -8,6 +8,8 @@ from optkit import options, steps
 from optkit.errors import UserError
 from optkit.options import option
 
+pytestmark = pytest.mark.unit   # needs no TensorFlow: `make test-unit` runs it with TF unimportable
+
 
 @dataclass(frozen=True)
 class Demo:

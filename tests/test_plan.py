@@ -15,6 +15,8 @@ from optkit import recipes
 from optkit.cli import cli
 from optkit.errors import UserError
 
+pytestmark = pytest.mark.unit   # needs no TensorFlow: `make test-unit` runs it with TF unimportable
+
 
 def _steps_available(*names):
     from optkit import steps

@@ -19,6 +19,8 @@ from optkit import remote
 from optkit.errors import RunFailure, UserError
 from tiny_onnx import tiny_onnx
 
+pytestmark = pytest.mark.unit   # needs no TensorFlow: `make test-unit` runs it with TF unimportable
+
 SSHD = "/usr/sbin/sshd"
 VENV_PYTHON = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv", "bin", "python")
 # Spaces, both quote kinds, a shell variable and a command substitution: if any of it reached a

@@ -17,6 +17,8 @@ from optkit import report
 from optkit.cli import cli
 from optkit.errors import UserError
 
+pytestmark = pytest.mark.unit   # needs no TensorFlow: `make test-unit` runs it with TF unimportable
+
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 UPDATE = os.environ.get("OPTKIT_UPDATE_GOLDEN") == "1"
 

@@ -15,7 +15,8 @@ SCRIPT = os.path.join(os.path.dirname(HERE), "benchmarks", "screenshot_report.py
 BROWSER = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
                 if shutil.which(n)), None)
 
-pytestmark = pytest.mark.skipif(BROWSER is None, reason="chromium not installed (apt-get install chromium)")
+pytestmark = [pytest.mark.unit,  # needs no TensorFlow (make test-unit)
+              pytest.mark.skipif(BROWSER is None, reason="chromium not installed (apt-get install chromium)")]
 
 
 @pytest.fixture(scope="module")

@@ -105,6 +105,7 @@ def test_separable_at_full_rank_reproduces_the_original(keras, build):
     assert relative_output_error(model, new, _images()) < 1e-5
 
 
+@pytest.mark.unit
 def test_truncated_svd_is_the_closest_separable_kernel():
     # Eckart-Young per input channel: no other rank-r depthwise/pointwise pair gets closer.
     rng = np.random.default_rng(0)
@@ -270,6 +271,7 @@ def _data(n=96, seed=0):
     return SimpleNamespace(x_train=x[:64], y_train=y[:64], x_val=x[64:], y_val=y[64:])
 
 
+@pytest.mark.unit
 def test_steps_are_registered_as_rewrites():
     registry = steps.registry()
     assert registry["separable"].kind == registry["pooling"].kind == "rewrite"

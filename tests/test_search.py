@@ -13,6 +13,7 @@ def _p(label, gzip, ms, acc, base=0.9):
             "accuracy_drop_points": search._drop(base, acc)}
 
 
+@pytest.mark.unit
 def test_pareto_keeps_exactly_the_undominated_points():
     small = _p("small", 100, 5.0, 0.80)
     fast = _p("fast", 900, 1.0, 0.85)
@@ -21,6 +22,7 @@ def test_pareto_keeps_exactly_the_undominated_points():
     assert {p["label"] for p in search.pareto([small, fast, accurate, dominated])} == {"small", "fast", "accurate"}
 
 
+@pytest.mark.unit
 def test_best_within_goal_is_the_smallest_for_size_and_the_fastest_for_latency():
     points = [_p("int8", 100, 3.0, 0.89), _p("float", 400, 1.0, 0.90), _p("tiny-bad", 50, 0.5, 0.70)]
     best, met = search.choose_best(points, max_drop=1.0, objective="size")
@@ -29,6 +31,7 @@ def test_best_within_goal_is_the_smallest_for_size_and_the_fastest_for_latency()
     assert met and best["label"] == "float"
 
 
+@pytest.mark.unit
 def test_when_nothing_meets_the_goal_the_closest_candidate_is_returned_as_unmet():
     points = [_p("a", 100, 3.0, 0.85), _p("b", 50, 1.0, 0.80)]
     best, met = search.choose_best(points, max_drop=1.0, objective="size")

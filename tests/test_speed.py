@@ -24,6 +24,7 @@ def _apply(name, model, **options):
     return step.apply(model, StepContext(epochs=1), **step.parse_options({k: str(v) for k, v in options.items()}))
 
 
+@pytest.mark.unit
 def test_speed_steps_are_registered_with_kind_speed():
     registry = steps.registry()
     assert {registry[n].kind for n in ("jit", "amp", "fusing", "cpu")} == {"speed"}
