@@ -3,13 +3,11 @@ calibration/validation inputs. No TensorFlow at import time."""
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import tempfile
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from optkit import files
 from optkit.errors import UserError
 
 # How many samples feed int8 calibration: enough for stable activation ranges on small vision
@@ -17,32 +15,9 @@ from optkit.errors import UserError
 CALIBRATION_SAMPLES = 100
 
 
-@contextlib.contextmanager
-def atomic_output(out_path: str):
-    """Yield a temporary path next to `out_path`; move it into place only if the block succeeds.
-
-    Works for files and for directory formats (SavedModel, .mlpackage): a failed export never
-    leaves a half-written artifact where the user expects a good one.
-    """
-    out_path = os.path.abspath(os.fspath(out_path))
-    parent = os.path.dirname(out_path)
-    os.makedirs(parent, exist_ok=True)
-    base = os.path.basename(out_path)
-    # Keep the suffix: converters pick the format from it (.mlpackage, .keras).
-    suffix = base[base.index("."):] if "." in base else ""
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
-    tmp_path = os.path.join(tmp, "artifact" + suffix)
-    try:
-        yield tmp_path
-        if not os.path.exists(tmp_path):
-            raise RuntimeError(f"the converter wrote nothing to {tmp_path}")
-        if os.path.isdir(out_path) and not os.path.islink(out_path):
-            shutil.rmtree(out_path)
-        elif os.path.exists(out_path):
-            os.unlink(out_path)
-        os.replace(tmp_path, out_path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+# Atomic writes live in optkit.files (shared with keras_io and report writing): a temp path next
+# to the target, published in one step on success, removed on failure, stale temps cleaned.
+atomic_output = files.atomic_output
 
 
 def output_names(n: int) -> List[str]:

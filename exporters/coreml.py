@@ -55,7 +55,12 @@ def export(model, out_path, *, quantize="none", data=None, **options):
     _common.check_request(NAME, PRECISIONS, OPTIONS, quantize, options)
     import coremltools as ct
 
-    _, concrete, specs = _common.named_serving_function(model)
+    from exporters import _graph
+
+    # The frozen, inlined graph (exporters._graph): coremltools cannot convert the nested
+    # XLA-marked call Keras 3 makes of a grouped convolution (ConvNeXt), issue #17.
+    frozen = _graph.freeze(model)
+    concrete, specs = frozen.concrete_function(), frozen.specs
     max_batch = int(options.get("max_batch", MAX_BATCH))
     inputs = [ct.TensorType(name=s.name, shape=(ct.RangeDim(1, max_batch),) + tuple(int(d) for d in s.shape[1:]))
               for s in specs]
@@ -67,7 +72,7 @@ def export(model, out_path, *, quantize="none", data=None, **options):
         mlmodel = ct.convert([concrete], source="tensorflow", convert_to="mlprogram", inputs=inputs,
                              compute_precision=precision, **kwargs)
     mlmodel = _rename_outputs(ct, mlmodel)
-    details = {"converter": "coremltools.convert (concrete function)", "compute_precision": precision.name,
+    details = {"converter": "coremltools.convert (frozen, inlined concrete function)", "compute_precision": precision.name,
                "coremltools": ct.__version__, "max_batch": max_batch}
     if target:
         details["minimum_deployment_target"] = target
@@ -75,7 +80,7 @@ def export(model, out_path, *, quantize="none", data=None, **options):
     with _common.atomic_output(out_path) as tmp:
         mlmodel.save(tmp)
     structure = inspect(out_path)
-    _check_structure(structure, specs, concrete)
+    _check_structure(structure, specs, len(frozen.output_names))
     details.update(structure)
     return details
 
@@ -152,7 +157,7 @@ def _feature(f):
     return out
 
 
-def _check_structure(info, specs, concrete):
+def _check_structure(info, specs, n_outputs):
     """The package must have the model's inputs (names, per-sample shape) and output count."""
     names = [i["name"] for i in info["inputs"]]
     if names != [s.name for s in specs]:
@@ -161,7 +166,7 @@ def _check_structure(info, specs, concrete):
         if feat.get("shape", [])[1:] != [int(d) for d in s.shape[1:]]:
             raise RuntimeError(f"Core ML input {feat['name']} has shape {feat.get('shape')}, expected "
                                f"(batch,) + {tuple(s.shape[1:])}")
-    expected = _common.output_names(len(concrete.structured_outputs))
+    expected = _common.output_names(n_outputs)
     if [o["name"] for o in info["outputs"]] != expected:
         raise RuntimeError(f"Core ML outputs {[o['name'] for o in info['outputs']]}, expected {expected}")
     if not info.get("ops"):

@@ -1,7 +1,8 @@
 """ONNX through tf2onnx, run with onnxruntime; float16 and int8 through onnxruntime's own tools.
 
-tf2onnx's `from_keras` fails on Keras 3 Sequential models (STACK.md), so every model goes through
-`from_function` on a tf.function with an input signature; outputs are named output_0..n.
+tf2onnx's `from_keras` fails on Keras 3 Sequential models (STACK.md) and `from_function` keeps
+captured constants as inputs and XLA-marked calls (issue #17), so every model is frozen and
+inlined first (exporters._graph) and converted with `from_graph_def`; outputs are output_0..n.
 Quantization:
   dynamic  onnxruntime.quantization.quantize_dynamic (int8 weights, activations at run time)
   int8     quantize_static, QDQ format, calibrated on --data (or random inputs, and said so)
@@ -45,7 +46,7 @@ def export(model, out_path, *, quantize="none", data=None, **options):
     float_limit: per-layer diagnosis and selective float fallback (optkit.quant_debug)."""
     _common.check_request(NAME, PRECISIONS, OPTIONS, quantize, options)
     opset = int(options.get("opset", DEFAULT_OPSET))
-    details = {"converter": "tf2onnx.from_function", "opset": opset, "quantize": quantize}
+    details = {"converter": "tf2onnx.from_graph_def (frozen, inlined)", "opset": opset, "quantize": quantize}
     with _common.atomic_output(out_path) as tmp:
         float_path = tmp if quantize == "none" else tmp + ".float.onnx"
         to_onnx(model, float_path, opset=opset)
@@ -64,11 +65,18 @@ def export(model, out_path, *, quantize="none", data=None, **options):
 
 
 def to_onnx(model, path, *, opset=DEFAULT_OPSET):
-    """Float32 ONNX of a Keras model (either flavour) or a keras_io SavedModelCallable."""
+    """Float32 ONNX of a Keras model (either flavour) or a keras_io SavedModelCallable.
+
+    Converted from the frozen, fully inlined graph (exporters._graph): tf2onnx's own freezing
+    leaves captured constants as graph inputs and XLA-marked calls un-inlined (issue #17)."""
     import tf2onnx
 
-    fn, _, specs = _common.named_serving_function(model)
-    tf2onnx.convert.from_function(fn, input_signature=specs, opset=opset, output_path=os.fspath(path))
+    from exporters import _graph
+
+    frozen = _graph.freeze(model)
+    tf2onnx.convert.from_graph_def(frozen.graph_def, input_names=frozen.input_tensors,
+                                   output_names=frozen.output_tensors, opset=opset,
+                                   tensors_to_rename=frozen.renames(), output_path=os.fspath(path))
     return path
 
 

@@ -75,9 +75,18 @@ def export_model(model, formats: Iterable[str] | str, out_dir: str, *, quantize:
         module = exporters.get(name)
         _common.check_request(name, module.PRECISIONS, getattr(module, "OPTIONS", ()), module.PRECISIONS[0],
                               options.get(name, {}))
-    out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    stem = stem or _stem(model)
+    from optkit import files
+
+    with files.locked_dir(os.fspath(out_dir)):
+        return _export_all(model, names, os.fspath(out_dir), quantize=quantize, data=data, stem=stem or _stem(model),
+                           threads=threads, options=options, validation_samples=validation_samples,
+                           progress=progress)
+
+
+def _export_all(model, names, out_dir, *, quantize, data, stem, threads, options, validation_samples,
+                progress) -> List[Artifact]:
+    import exporters
+    from exporters import _common
 
     # Same inputs for every format: artifacts are compared with the model and with each other.
     inputs, source = _common.sample_inputs(model, data, n=validation_samples, seed=1, split="x_val")
@@ -106,8 +115,16 @@ def export_model(model, formats: Iterable[str] | str, out_dir: str, *, quantize:
 
 def export_one(module, model, path, *, quantize="none", data=None, threads=None, options=None,
                inputs=None, reference=None, validation_source=None) -> Artifact:
-    """Export with one exporter module, load the artifact back and validate it."""
+    """Export with one exporter module, load the artifact back and validate it.
+
+    The artifact reaches `path` only if it validated (or, off macOS, passed Core ML's structural
+    check). A conversion that raised leaves nothing; an artifact that failed validation is moved
+    aside (`model.failed.onnx`, recorded in details["failed_artifact"] and the reason); an older
+    artifact at `path` is removed either way, so a failed export never looks like a good one.
+    A full disk or an unwritable folder stops the run (DiskFull exit 1, BadLocation exit 2).
+    """
     from exporters import _common
+    from optkit import files
 
     art = Artifact(format=module.NAME, path=None, quantize=quantize)
     if quantize not in module.PRECISIONS:
@@ -118,29 +135,61 @@ def export_one(module, model, path, *, quantize="none", data=None, threads=None,
     if not ok:
         art.status, art.reason = SKIPPED, why
         return art
-    try:
-        with _common.quiet_stdout():  # converters print progress; stdout is for --json
-            art.details = dict(module.export(model, path, quantize=quantize, data=data, **(options or {})) or {})
-        art.quantization = art.details.pop("quantization", None)
-    except Unavailable as exc:  # found out only while converting (e.g. no fast int8 on this GPU)
-        art.status, art.reason = SKIPPED, str(exc)
-        return art
-    except Exception as exc:  # this format failed (e.g. a QAT model has no .keras form); others go on
-        art.status, art.reason = FAILED, f"export failed: {type(exc).__name__}: {_common.first_line(exc)}"
-        return art
-    art.path = path
-    art.size_bytes, art.gzip_bytes = sizes(path)
     if inputs is None:
         inputs, validation_source = _common.sample_inputs(model, data, n=VALIDATION_SAMPLES, seed=1, split="x_val")
-    art.details["validation_source"] = validation_source
     if reference is None:
         def reference(arrays):
             return _reference_outputs(model, arrays)
-    art.parity = validate_artifact(module, path, reference, inputs, quantize, threads=threads,
-                                   input_names=_input_names(model))
-    if art.parity.ok is False:
-        art.status, art.reason = FAILED, f"validation failed: {art.parity.reason}"
+    path = os.fspath(path)
+    # Written and validated under a temp name; only an artifact that passed reaches `path`
+    # (optkit.files.staging publishes it in one step). One that failed is moved aside.
+    try:
+        with files.staging(path) as staged:
+            try:
+                with _common.quiet_stdout():  # converters print progress; stdout is for --json
+                    art.details = dict(module.export(model, staged.path, quantize=quantize, data=data,
+                                                     **(options or {})) or {})
+                art.quantization = art.details.pop("quantization", None)
+            except Unavailable as exc:  # found out only while converting (e.g. no fast int8 on this GPU)
+                art.status, art.reason = SKIPPED, files.user_words(str(exc), path)
+                staged.discard()
+                return art
+            except (files.BadLocation, files.DiskFull):
+                raise
+            except Exception as exc:  # this format failed (e.g. a QAT model has no .keras form); others go on
+                location = files.location_error(exc, path)
+                if location is not None:
+                    raise location from None
+                art.status, art.reason = FAILED, files.user_words(
+                    f"export failed: {type(exc).__name__}: {_common.first_line(exc)}", path)
+                staged.discard()
+                _remove_artifact(path)   # an older file by this name no longer matches the model
+                return art
+            art.details["validation_source"] = validation_source
+            art.size_bytes, art.gzip_bytes = sizes(staged.path)
+            art.parity = validate_artifact(module, staged.path, reference, inputs, quantize, threads=threads,
+                                           input_names=_input_names(model))
+            art.parity.reason = files.user_words(art.parity.reason or "", path) or art.parity.reason
+            if art.parity.ok is False:
+                aside = files.failed_name(path, module.SUFFIX)
+                files.replace(staged.path, aside)
+                staged.discard()
+                _remove_artifact(path)
+                art.details["failed_artifact"] = aside
+                art.status, art.reason = FAILED, f"validation failed: {art.parity.reason} (moved aside to {aside})"
+                return art
+    except (files.BadLocation, files.DiskFull) as exc:
+        raise type(exc)(files.user_words(str(exc), path)) from None
+    _remove_artifact(files.failed_name(path, module.SUFFIX))   # an earlier failure is history now
+    art.path = path
     return art
+
+
+def _remove_artifact(path):
+    from optkit import files
+
+    if os.path.lexists(path):
+        files.remove(path)
 
 
 def validate_artifact(module, path, reference, inputs, quantize, *, threads=None, input_names=None) -> Parity:

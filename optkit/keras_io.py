@@ -342,15 +342,13 @@ def save(model, path):
     """Write a model atomically. `.keras` is always Keras 3 (what users get back loads in plain
     Keras 3); `.h5` keeps the model's flavour; any other path is a SavedModel directory."""
     path = os.fspath(path)
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
     if path.endswith(".keras"):
         target = model if flavour_of(model) == KERAS3 else to_keras3(model)
-        _atomic_file(path, ".keras", lambda tmp: target.save(tmp))
+        _atomic(path, lambda tmp: target.save(tmp))
     elif path.endswith((".h5", ".hdf5")):
-        _atomic_file(path, ".h5", lambda tmp: model.save(tmp))
+        _atomic(path, lambda tmp: model.save(tmp))
     else:
-        _atomic_dir(path, lambda tmp: _save_saved_model(model, tmp))
+        _atomic(path, lambda tmp: _save_saved_model(model, tmp))
     return path
 
 
@@ -361,32 +359,13 @@ def _save_saved_model(model, tmp):
         model.save(tmp, save_format="tf")
 
 
-def _atomic_file(path, suffix, write):
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    os.unlink(tmp)  # Keras refuses to overwrite silently in some versions; let it create the file
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _atomic(path, write):
+    """optkit.files.staging: a temp path with the target's name (Keras picks the format from the
+    suffix), published in one step (folders swapped atomically), removed on failure."""
+    from optkit import files
 
-
-def _atomic_dir(path, write):
-    import shutil
-
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
-    shutil.rmtree(tmp)
-    try:
-        write(tmp)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with files.staging(path) as staged:
+        write(staged.path)
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import numpy as np
 
 from optkit import plan as plan_mod
 from optkit import quant_debug
-from optkit.errors import OptkitError, Unavailable, UserError
+from optkit.errors import OptkitError, RunFailure, Unavailable, UserError
 from optkit.records import FAILED, OK, SKIPPED, SCHEMA, Artifact, Latency, Parity, Variant
 
 # Timing loops: long enough for a stable median on a noisy 2-core machine, short enough that a
@@ -404,7 +404,7 @@ class Pipeline:
             options = quant_debug.format_options(spec.format, self.plan.int8) if spec.quantize == "int8" else {}
             artifact = export_mod.export_one(module, model, out, quantize=spec.quantize, data=self.data,
                                              threads=self.threads, options=options)
-        except UserError:
+        except (UserError, RunFailure):   # a bad output folder or a full disk stops the run
             raise
         except Exception as exc:  # noqa: BLE001 - export_one guards the converter; this guards the rest
             artifact = Artifact(spec.format, None, spec.quantize, status=FAILED,
@@ -580,8 +580,16 @@ def _num(x):
 # ---------------------------------------------------------------------------------- run
 
 def run(plan: plan_mod.Plan, out_dir: str, *, progress: bool = True) -> dict:
-    """Execute `plan` into `out_dir`; returns the report (also written as report.json)."""
-    os.makedirs(out_dir, exist_ok=True)
+    """Execute `plan` into `out_dir`; returns the report (also written as report.json).
+    The folder is locked for the run (optkit.files.locked_dir): a second run into it waits, then
+    refuses; leftovers of killed runs in it are removed."""
+    from optkit import files
+
+    with files.locked_dir(out_dir):
+        return _run(plan, out_dir, progress=progress)
+
+
+def _run(plan: plan_mod.Plan, out_dir: str, *, progress: bool) -> dict:
     plan_path = os.path.join(out_dir, "plan.json")
     plan_mod.write(plan, plan_path)
     started = time.perf_counter()
@@ -683,7 +691,6 @@ def _extra_lines(report: dict) -> List[str]:
 
 
 def _atomic_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    from optkit import files
+
+    files.write_text(path, text)

@@ -21,7 +21,6 @@ import html
 import io
 import json
 import os
-import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from optkit.errors import UserError
@@ -394,27 +393,12 @@ def render(report: dict, fmt: str) -> str:
 
 def write_text(text: str, path: str) -> str:
     """Atomic write: a temp file in the same directory, then os.replace (never a half file)."""
+    from optkit import files
+
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise UserError(f"{path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".optkit-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        honour_umask(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def honour_umask(path: str) -> None:
-    """Give a file made by mkstemp (always 0600) the mode a plain open() would: 0666 minus umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
+    return files.write_text(path, text)
 
 
 # --------------------------------------------------------------------------------------------
@@ -627,18 +611,13 @@ def write_plots(report: dict, out_dir: str) -> List[str]:
         figs = _figures(report)
     except ImportError:
         raise UserError("plots need matplotlib: pip install 'optkit[report]'") from None
-    os.makedirs(out_dir, exist_ok=True)
+    from optkit import files
+
+    files.prepare_dir(out_dir)
     paths = []
     for _, stem, fig in figs:
         path = os.path.join(out_dir, f"{stem}.png")
-        fd, tmp = tempfile.mkstemp(prefix=".optkit-", suffix=".png", dir=out_dir)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format="png")
-            honour_umask(tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with files.staging(path) as staged:
+            fig.savefig(staged.path, format="png")
         paths.append(path)
     return paths

@@ -1,0 +1,209 @@
+"""Every architecture through every export format and precision: a status/parity/size/time matrix.
+
+    python benchmarks/export_sweep.py [--models zoo|extra|all|NAME,NAME] [--formats tflite,onnx,...]
+        [--precisions none,int8,...] [--size 32] [--train-samples 256] [--epochs 1] [--json OUT]
+
+Architectures: the 18 zoo entries and the smallest member of each keras.applications family the
+zoo lacks (EfficientNetV2B0, ResNet50V2, RegNetX002, RegNetY002, MobileNet v1,
+InceptionResNetV2), each at a small input (--size, raised to what the architecture accepts).
+
+Each model is first trained briefly on synthetic:shapes (segmentation models on a per-pixel
+task drawn from the same images): a random ImageNet head gives near-constant outputs, and an
+int8 artifact that "agrees" with a constant proves nothing. Calibration uses the training split,
+validation the validation split, exactly as `optkit export --data` does.
+
+Each cell is optkit.export.export_model for one format and precision, timed end to end
+(conversion + load + validation): status (ok / unverified (Core ML off macOS) / skipped /
+failed), max |difference| and top-1 agreement against the Keras model, artifact size.
+Exit 1 if any cell failed. Precisions a format does not offer are left out, not "skipped".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from types import SimpleNamespace
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+# The smallest member of each keras.applications family the zoo does not have: (name, class, min size).
+EXTRA = {
+    "efficientnet_v2_b0": ("EfficientNetV2B0", 32, {"include_preprocessing": False}),
+    "resnet50_v2": ("ResNet50V2", 32, {}),
+    "regnetx002": ("RegNetX002", 32, {"include_preprocessing": False}),
+    "regnety002": ("RegNetY002", 32, {"include_preprocessing": False}),
+    "mobilenet_v1": ("MobileNet", 32, {}),
+    "inception_resnet_v2": ("InceptionResNetV2", 75, {}),
+}
+FORMATS = ("tflite", "onnx", "saved_model", "keras", "coreml", "tensorrt")
+PRECISIONS = ("none", "dynamic", "float16", "int8")
+CLASSES = 10
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="all", help="zoo, extra, all, or comma-separated names")
+    ap.add_argument("--formats", default=",".join(FORMATS))
+    ap.add_argument("--precisions", default=",".join(PRECISIONS))
+    ap.add_argument("--size", type=int, default=32, help="input height/width (raised to each model's minimum)")
+    ap.add_argument("--train-samples", type=int, default=256)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--out", help="artifact folder (default: a temp folder, removed at the end)")
+    ap.add_argument("--json", help="write the rows as JSON here")
+    return ap.parse_args(argv)
+
+
+def model_names(spec):
+    from optkit import zoo
+
+    zoo_names = [e.name for e in zoo.list_models()]
+    if spec == "zoo":
+        return zoo_names
+    if spec == "extra":
+        return list(EXTRA)
+    if spec == "all":
+        return zoo_names + list(EXTRA)
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in zoo_names and n not in EXTRA]
+    if unknown:
+        raise SystemExit(f"unknown model(s): {', '.join(unknown)}")
+    return names
+
+
+def build(name, size):
+    """(model, task) at the smallest input >= size the architecture accepts."""
+    from optkit import keras_io, zoo
+
+    if name in EXTRA:
+        cls, min_size, extra = EXTRA[name]
+        side = max(size, min_size)
+        keras = keras_io.keras3()
+        keras.utils.set_random_seed(0)
+        model = getattr(keras.applications, cls)(weights=None, include_top=True, input_shape=(side, side, 3),
+                                                 classes=CLASSES, **extra)
+        model.name = name
+        return model, zoo.CLASSIFICATION
+    entry = zoo.get(name)
+    side = max(size, entry.min_size)
+    side += (-side) % entry.size_multiple
+    channels = entry.default_input_shape[2]
+    classes = CLASSES if entry.task == zoo.CLASSIFICATION else entry.default_classes
+    return zoo.build(name, input_shape=(side, side, channels), num_classes=classes), entry.task
+
+
+def training_data(model, task, n):
+    """synthetic:shapes at the model's input; segmentation gets per-pixel labels (the shape's
+    pixels vs background, by brightness bins), so both kinds train on the same images."""
+    from optkit.data import load_data
+
+    h, w, c = (int(d) for d in model.inputs[0].shape[1:])
+    data = load_data(f"synthetic:shapes?n={n}", input_shape=(h, w, c), num_classes=CLASSES, seed=0)
+    if task == "classification":
+        return data
+    classes = int(model.outputs[0].shape[-1])
+
+    def masks(x):
+        return np.minimum((x.mean(-1) * classes).astype(np.int64), classes - 1)
+
+    return SimpleNamespace(x_train=data.x_train, y_train=masks(data.x_train), x_val=data.x_val,
+                           y_val=masks(data.x_val), source=data.source + " (per-pixel brightness classes)")
+
+
+def sweep(names, formats, precisions, *, size=32, train_samples=256, epochs=1, out_dir=None, log=print):
+    """Run the matrix; returns one row dict per (model, format, precision) cell."""
+    import exporters
+    from optkit import train
+    from optkit.export import export_model
+
+    rows = []
+    for name in names:
+        t0 = time.perf_counter()
+        model, task = build(name, size)
+        data = training_data(model, task, train_samples)
+        result = train.fit(model, (data.x_train, data.y_train, data.x_val, data.y_val), epochs=epochs,
+                           batch_size=32, progress=False)
+        shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+        log(f"{name} {shape}: {model.count_params() / 1e6:.2f} M params, trained {epochs} epoch(s) on "
+            f"{len(data.x_train)} samples (val accuracy {result.val_accuracy:.2f}) in {time.perf_counter() - t0:.0f} s")
+        folder = os.path.join(out_dir, name)
+        for precision in precisions:
+            for fmt in formats:
+                if precision not in exporters.get(fmt).PRECISIONS:
+                    continue
+                start = time.perf_counter()
+                try:
+                    (art,) = export_model(model, fmt, folder, quantize=precision, data=data, stem=name)
+                    status, reason, parity = art.status, art.reason, art.parity
+                    size_mb = art.size_bytes / 1e6 if art.size_bytes else None
+                except Exception as exc:  # noqa: BLE001 - a crash is a failed cell, the sweep goes on
+                    status, reason, parity, size_mb = "failed", f"{type(exc).__name__}: {exc}", None, None
+                if status == "ok" and parity is not None and parity.ok is None:
+                    status = "unverified"
+                row = {"model": name, "input": list(shape), "format": fmt, "precision": precision,
+                       "status": status, "reason": " ".join(str(reason or "").split())[:200],
+                       "max_abs": getattr(parity, "max_abs", None), "top1": getattr(parity, "top1_agreement", None),
+                       "size_mb": size_mb, "time_s": time.perf_counter() - start}
+                rows.append(row)
+                log(format_row(row))
+        del model
+    return rows
+
+
+def _num(value, fmt):
+    return "-" if value is None else format(value, fmt)
+
+
+def format_row(row):
+    return (f"{row['model']:<20} {row['format']:<12} {row['precision']:<8} {row['status']:<10} "
+            f"{_num(row['max_abs'], '.1e'):>8} {_num(row['top1'], '.2f'):>5} {_num(row['size_mb'], '.2f'):>8} "
+            f"{row['time_s']:>6.1f}  {row['reason'] if row['status'] not in ('ok', 'unverified') else ''}")
+
+
+def matrix(rows):
+    """One line per model, one column per format:precision: ok / unv / skip / FAIL."""
+    cols = []
+    for row in rows:
+        key = f"{row['format']}:{row['precision']}"
+        if key not in cols:
+            cols.append(key)
+    short = {"ok": "ok", "unverified": "unv", "skipped": "skip", "failed": "FAIL"}
+    width = max(len(c) for c in cols) + 1
+    lines = [" " * 21 + "".join(f"{c:>{width}}" for c in cols)]
+    for name in dict.fromkeys(r["model"] for r in rows):
+        cells = {f"{r['format']}:{r['precision']}": short.get(r["status"], r["status"]) for r in rows if r["model"] == name}
+        lines.append(f"{name:<21}" + "".join(f"{cells.get(c, ''):>{width}}" for c in cols))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    names = model_names(args.models)
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    started = time.perf_counter()
+    print(f"{'model':<20} {'format':<12} {'precision':<8} {'status':<10} {'max|d|':>8} {'top1':>5} "
+          f"{'MB':>8} {'time s':>6}  reason", flush=True)
+    with tempfile.TemporaryDirectory(prefix="optkit-sweep-") as tmp:
+        rows = sweep(names, formats, precisions, size=args.size, train_samples=args.train_samples,
+                     epochs=args.epochs, out_dir=args.out or tmp, log=lambda line: print(line, flush=True))
+    print()
+    print(matrix(rows))
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "unverified", "skipped", "failed")}
+    print(f"\n{len(rows)} cells: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+          + f"; {time.perf_counter() - started:.0f} s in all (one process, 2 shared cores)")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=2)
+    return 1 if counts["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
