@@ -102,7 +102,9 @@ def _quantize_dynamic(src, dst, options, details):
     details.update(quantizer="onnxruntime.quantization.quantize_dynamic", weight_type="QInt8", **kwargs)
 
 
-def _quantize_static(model, src, dst, data, options, details):
+def _quantize_static(model, src, dst, data, options, details, symmetric=False):
+    """Static QDQ int8. `symmetric=True` (zero points 0 for activations and weights) is what
+    TensorRT's explicit quantization requires (exporters.tensorrt builds from this)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     samples, source = _common.sample_inputs(
@@ -116,12 +118,13 @@ def _quantize_static(model, src, dst, data, options, details):
     kwargs = _quant_kwargs(options)
     try:  # optkit.quant_debug: quantize_static (QDQ), diagnosis and nodes_to_exclude
         details["quantization"] = quant_debug.onnx_int8(model, prepped, dst, samples, data=data, options=options,
-                                                        op_types=_op_types(options))
+                                                        op_types=_op_types(options), symmetric=symmetric)
     finally:
         if prepped != src and os.path.exists(prepped):
             os.unlink(prepped)
     details.update(quantizer="onnxruntime.quantization.quantize_static", quant_format="QDQ",
-                   activation_type="QInt8", weight_type="QInt8", calibration_source=source, **kwargs)
+                   activation_type="QInt8", weight_type="QInt8", calibration_source=source, symmetric=symmetric,
+                   **kwargs)
 
 
 def _to_float16(src, dst, details):

@@ -280,7 +280,8 @@ class OnnxInt8:
     backend = "onnx"
 
     def __init__(self, model, float_path: str, samples: List[np.ndarray], *, method: str = "minmax",
-                 per_channel: bool = False, reduce_range: bool = True, op_types=None, workdir: str):
+                 per_channel: bool = False, reduce_range: bool = True, op_types=None, workdir: str,
+                 symmetric: bool = False):
         import onnx
 
         if method not in METHODS:
@@ -288,6 +289,7 @@ class OnnxInt8:
         self.model, self.float_path, self.samples = model, float_path, samples
         self.method, self.per_channel, self.reduce_range, self.op_types = method, per_channel, reduce_range, op_types
         self.workdir = workdir
+        self.extra_options = {"ActivationSymmetric": True, "WeightSymmetric": True} if symmetric else {}
         self.names = layer_names(model)
         graph = onnx.load(float_path).graph
         self.input_names = [i.name for i in graph.input if i.name not in {t.name for t in graph.initializer}]
@@ -332,7 +334,7 @@ class OnnxInt8:
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=self.op_types, per_channel=self.per_channel,
                         reduce_range=self.reduce_range, nodes_to_exclude=nodes, calibrate_method=calib,
-                        calibration_providers=["CPUExecutionProvider"])
+                        calibration_providers=["CPUExecutionProvider"], extra_options=self.extra_options)
         return dst
 
     def nodes_by_layer(self) -> Dict[str, List[str]]:
@@ -598,8 +600,9 @@ def tflite_int8(model, converter, samples, *, int8_io, data, options) -> tuple:
             return fh.read(), record
 
 
-def onnx_int8(model, float_path, dst, samples, *, data, options, op_types=None) -> dict:
-    """Quantize `float_path` into `dst` (QDQ); returns the quantization record."""
+def onnx_int8(model, float_path, dst, samples, *, data, options, op_types=None, symmetric=False) -> dict:
+    """Quantize `float_path` into `dst` (QDQ); returns the quantization record. `symmetric`:
+    zero points 0 (TensorRT's explicit quantization needs them)."""
     import shutil
 
     method = str(options.get("calibration_method") or "minmax").lower()
@@ -607,7 +610,7 @@ def onnx_int8(model, float_path, dst, samples, *, data, options, op_types=None) 
         session = OnnxInt8(model, float_path, samples, method=method,
                            per_channel=bool(options.get("per_channel", False)),
                            reduce_range=bool(options.get("reduce_range", True)), op_types=op_types,
-                           workdir=workdir)
+                           workdir=workdir, symmetric=symmetric)
 
         def write(keep, method=None):
             return session.quantize(keep, method=method)

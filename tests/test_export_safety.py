@@ -77,3 +77,14 @@ def test_cli_output_under_a_file_exits_2_with_one_line_naming_it(keras_file, tmp
     assert info.value.code == 2
     assert err.count("\n") == 1 and err.startswith("optkit: error: ") and out in err and ".tmp-" not in err
     assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+def test_cli_output_that_is_a_file_exits_2_with_one_line(keras_file, tmp_path, capsys):
+    from optkit.cli import main
+
+    (tmp_path / "file").write_text("x")
+    out = str(tmp_path / "file")
+    with pytest.raises(SystemExit) as info:
+        main(["export", keras_file, "--to", "onnx", "-o", out])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and out in err and "is a file" in err

@@ -83,18 +83,6 @@ def test_tensorrt_load_raises_unavailable_with_the_same_reason(tmp_path):
     assert str(info.value) == reason
 
 
-def test_tensorrt_calibration_feeds_full_batches_only():
-    from exporters import tensorrt
-
-    x = np.arange(10 * 2, dtype=np.float64).reshape(10, 2)
-    batches = list(tensorrt.calibration_batches([x], 4))
-    assert [b[0].shape for b in batches] == [(4, 2), (4, 2)]   # 2 left over: dropped, not padded
-    assert all(b[0].dtype == np.float32 and b[0].flags["C_CONTIGUOUS"] for b in batches)
-    np.testing.assert_array_equal(batches[1][0], x[4:8])
-    with pytest.raises(UserError, match="at least 16 samples"):
-        list(tensorrt.calibration_batches([x], 16))
-
-
 # -- atomic writes ------------------------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ from optkit.records import PRECISIONS as QUANTIZE
               help="Precision of the exported artifacts.")
 @click.option("--data", metavar="SRC", help="Calibration/validation data (folder, .npz, tfds:NAME, synthetic:NAME). "
               "Without it int8 calibrates on random [0, 1] inputs, and the artifact says so.")
-@click.option("-o", "--output", "out_dir", default=".", show_default=True, type=click.Path(file_okay=False),
+@click.option("-o", "--output", "out_dir", default=".", show_default=True, type=click.Path(),
               help="Directory for the artifacts.")
 @click.option("--option", "raw_options", multiple=True, metavar="FMT:KEY=VALUE",
               help="A converter option, e.g. onnx:opset=13 or tflite:int8_io=false (repeatable).")

@@ -26,7 +26,7 @@ from optkit.errors import UserError
               "(Q = none|dynamic|float16|int8).")
 @click.option("--epochs", type=int, help="Epochs of baseline training (zoo models) and of each fine-tune.")
 @click.option("--batch-size", type=int, help="Training batch size (default 32).")
-@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False),
+@click.option("-o", "--output", "out_dir", type=click.Path(),
               help="Run directory (default runs/optimize-<timestamp>).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json (or the plan with --dry-run) on stdout.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved plan and stop (imports no TensorFlow).")
