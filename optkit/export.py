@@ -119,7 +119,7 @@ def export_one(module, model, path, *, quantize="none", data=None, threads=None,
 
     The artifact reaches `path` only if it validated (or, off macOS, passed Core ML's structural
     check). A conversion that raised leaves nothing; an artifact that failed validation is moved
-    aside (`model.failed.onnx`, recorded in details["failed_artifact"] and the reason); an older
+    aside (`model.failed.onnx`: art.path, details["failed_artifact"] and the reason say so); an older
     artifact at `path` is removed either way, so a failed export never looks like a good one.
     A full disk or an unwritable folder stops the run (DiskFull exit 1, BadLocation exit 2).
     """
@@ -175,7 +175,7 @@ def export_one(module, model, path, *, quantize="none", data=None, threads=None,
                 files.replace(staged.path, aside)
                 staged.discard()
                 _remove_artifact(path)
-                art.details["failed_artifact"] = aside
+                art.details["failed_artifact"] = art.path = aside   # the report says where it went
                 art.status, art.reason = FAILED, f"validation failed: {art.parity.reason} (moved aside to {aside})"
                 return art
     except (files.BadLocation, files.DiskFull) as exc:

@@ -402,10 +402,9 @@ def dumps(plan: Plan) -> str:
 
 
 def write(plan: Plan, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        fh.write(dumps(plan) + "\n")
-    os.replace(tmp, path)
+    from optkit import files   # atomic, and in the user's words if the folder cannot take it
+
+    files.write_text(path, dumps(plan) + "\n")
 
 
 def load(path: str) -> Plan:

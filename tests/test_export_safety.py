@@ -45,7 +45,7 @@ def test_an_artifact_that_fails_validation_is_moved_aside_and_replaces_nothing(m
 
     art = export_one(module, model, path, reference=reference)
     aside = str(tmp_path / "tiny.failed.tflite")
-    assert art.status == "failed" and art.path is None
+    assert art.status == "failed" and art.path == aside
     assert art.details["failed_artifact"] == aside and aside in art.reason
     assert not os.path.exists(path), "a failed export left a file at the artifact's name"
     assert os.path.getsize(aside) > 1000
