@@ -117,7 +117,9 @@ def prepare_dir(path: str) -> str:
             raise BadLocation(f"cannot write into {path}: it is a file, not a folder")
         os.makedirs(path, exist_ok=True)
         if not os.access(path, os.W_OK):
-            raise PermissionError(errno.EACCES, "Permission denied", path)
+            read_only = hasattr(os, "statvfs") and os.statvfs(path).f_flag & os.ST_RDONLY
+            code = errno.EROFS if read_only else errno.EACCES
+            raise OSError(code, os.strerror(code), path)
     except OSError as exc:
         mapped = location_error(exc, os.path.join(path, "x"))
         if mapped is not None:

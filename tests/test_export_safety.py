@@ -88,3 +88,53 @@ def test_cli_output_that_is_a_file_exits_2_with_one_line(keras_file, tmp_path, c
         main(["export", keras_file, "--to", "onnx", "-o", out])
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.count("\n") == 1 and out in err and "is a file" in err
+
+
+def test_cli_read_only_output_folder_exits_2_with_one_line(keras_file, tmp_path, capsys):
+    import subprocess
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() == 0:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip("cannot mount a read-only tmpfs here")
+    else:
+        os.chmod(folder, 0o555)
+    try:
+        from optkit.cli import main
+
+        with pytest.raises(SystemExit) as info:
+            main(["export", keras_file, "--to", "tflite", "-o", str(folder)])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and err.count("\n") == 1 and str(folder) in err
+        assert "read-only" in err or "permission denied" in err
+        assert os.listdir(folder) == []
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_cli_disk_full_during_export_exits_1_with_one_line_and_leaves_nothing(keras_file, tmp_path, capsys):
+    import subprocess
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(folder)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        from optkit.cli import main
+
+        with pytest.raises(SystemExit) as info:
+            main(["export", keras_file, "--to", "tflite", "-o", str(folder)])
+        err = capsys.readouterr().err
+        assert info.value.code == 1, err
+        (line,) = [line for line in err.splitlines() if line.startswith("optkit:")]   # besides progress
+        assert line.startswith("optkit: error: disk full while writing " + str(folder / "tiny.tflite"))
+        assert ".tmp-" not in err and "Traceback" not in err
+        assert os.listdir(folder) == []
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
