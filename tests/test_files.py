@@ -12,6 +12,8 @@ import pytest
 from optkit import files
 from optkit.errors import RunFailure, UserError
 
+pytestmark = pytest.mark.unit   # needs no TensorFlow: `make test-unit` runs it with TF unimportable
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -9,6 +9,7 @@ from exporters import tensorrt
 from optkit.errors import UserError
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("version, ok", [("10.0.1", True), ("10.13.0.35", True), ("11.4.0.106", True),
                                          ("8.6.1", False), ("12.0.0", False), ("dev", False)])
 def test_only_tensorrt_10_and_11_are_accepted(version, ok):
@@ -19,6 +20,7 @@ def test_only_tensorrt_10_and_11_are_accepted(version, ok):
         assert version in reason and "\n" not in reason
 
 
+@pytest.mark.unit
 def test_profile_covers_batch_1_to_max_with_fixed_height_and_width():
     lo, opt, hi = tensorrt.profile_shapes("image", (-1, 32, 32, 3), max_batch=16)
     assert (lo, opt, hi) == ((1, 32, 32, 3), (1, 32, 32, 3), (16, 32, 32, 3))
@@ -27,6 +29,7 @@ def test_profile_covers_batch_1_to_max_with_fixed_height_and_width():
     assert tensorrt.profile_shapes("image", (1, 8, 8, 3), max_batch=16) == ((1, 8, 8, 3),) * 3
 
 
+@pytest.mark.unit
 def test_dynamic_height_and_width_take_the_users_range_never_minus_one():
     with pytest.raises(UserError, match="dynamic height/width .*hw_range=") as info:
         tensorrt.profile_shapes("image", (-1, -1, -1, 3), max_batch=4)
@@ -39,18 +42,21 @@ def test_dynamic_height_and_width_take_the_users_range_never_minus_one():
         tensorrt.profile_shapes("image", (-1, 32, 32, -1), max_batch=4, hw_range=(8, 8, 8))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("text, expected", [("224", (224, 224, 224)), ("128:224:512", (128, 224, 512)),
                                             ("64,96,128", (64, 96, 128)), (None, None)])
 def test_hw_range_parses(text, expected):
     assert tensorrt.parse_hw_range(text) == expected
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("text", ["512:224:128", "0:8:8", "a:b:c", "1:2"])
 def test_bad_hw_range_is_one_user_error(text):
     with pytest.raises(UserError, match="hw_range must be MIN:OPT:MAX"):
         tensorrt.parse_hw_range(text)
 
 
+@pytest.mark.unit
 def test_input_shapes_outside_the_profile_are_refused_before_the_gpu():
     lo, hi = (1, 32, 32, 3), (16, 32, 32, 3)
     tensorrt.check_input_shape("image", (16, 32, 32, 3), lo, hi)
@@ -62,6 +68,7 @@ def test_input_shapes_outside_the_profile_are_refused_before_the_gpu():
         tensorrt.check_input_shape("image", (32, 32, 3), lo, hi)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("options, message", [({"max_batch": 0}, "max_batch must be a positive integer"),
                                               ({"max_batch": "x"}, "max_batch must be a positive integer"),
                                               ({"max_batch": 4, "opt_batch": 8}, "opt_batch .* larger than max_batch"),
