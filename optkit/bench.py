@@ -188,8 +188,9 @@ def _eval_batch(predictor, batch: int) -> int:
 
 def accuracy(predictor, x: np.ndarray, y: np.ndarray, batch: int = 1) -> float:
     """Top-1 accuracy of the first output on labelled data."""
-    logits = _chunks(predictor, [x], max(1, batch))[0]
-    return float(np.mean(logits.reshape(len(y), -1).argmax(1) == np.asarray(y).reshape(-1)))
+    from optkit import metrics
+
+    return metrics.accuracy(_chunks(predictor, [x], max(1, batch))[0], y)
 
 
 def agreement(outputs: List[np.ndarray], reference: List[np.ndarray]) -> dict:

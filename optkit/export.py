@@ -114,8 +114,10 @@ def _export_all(model, names, out_dir, *, quantize, data, stem, threads, options
 
 
 def export_one(module, model, path, *, quantize="none", data=None, threads=None, options=None,
-               inputs=None, reference=None, validation_source=None) -> Artifact:
+               inputs=None, reference=None, validation_source=None, on_loaded=None) -> Artifact:
     """Export with one exporter module, load the artifact back and validate it.
+    `on_loaded(predictor, load_ms)` receives the validated predictor (optimize benchmarks it
+    instead of loading the artifact a second time).
 
     The artifact reaches `path` only if it validated (or, off macOS, passed Core ML's structural
     check). A conversion that raised leaves nothing; an artifact that failed validation is moved
@@ -168,7 +170,7 @@ def export_one(module, model, path, *, quantize="none", data=None, threads=None,
             art.details["validation_source"] = validation_source
             art.size_bytes, art.gzip_bytes = sizes(staged.path)
             art.parity = validate_artifact(module, staged.path, reference, inputs, quantize, threads=threads,
-                                           input_names=_input_names(model))
+                                           input_names=_input_names(model), on_loaded=on_loaded)
             art.parity.reason = files.user_words(art.parity.reason or "", path) or art.parity.reason
             if art.parity.ok is False:
                 aside = files.failed_name(path, module.SUFFIX)
@@ -192,13 +194,19 @@ def _remove_artifact(path):
         files.remove(path)
 
 
-def validate_artifact(module, path, reference, inputs, quantize, *, threads=None, input_names=None) -> Parity:
+def validate_artifact(module, path, reference, inputs, quantize, *, threads=None, input_names=None,
+                      on_loaded=None) -> Parity:
     """Load `path` with its exporter and compare it with `reference` (optkit.parity).
     `input_names`: the model's input names in the order of `inputs` (matched by name)."""
+    import time
+
     from exporters import _common
 
     try:
+        t0 = time.perf_counter()
         predictor = module.load(path, threads=threads)
+        if on_loaded is not None:
+            on_loaded(predictor, (time.perf_counter() - t0) * 1000.0)
     except Unavailable as exc:  # converted fine, cannot run here (Core ML off macOS)
         return parity_mod.unverified(str(exc))
     except Exception as exc:

@@ -365,17 +365,12 @@ def evaluate(model, x, y, batch_size: int = 32) -> float:
     """Top-1 accuracy of `model` on (x, y), through keras_io's compiled inference path."""
     if x is None or len(x) == 0:
         raise UserError("no samples to evaluate on")
+    from optkit import metrics
+
     pred = keras_io.predict(model, x, batch_size=batch_size)
     if isinstance(pred, (list, tuple)):
         pred = pred[0]
-    pred = np.asarray(pred, dtype=np.float32)
-    y = np.asarray(y).reshape(-1)
-    if pred.ndim == 2 and pred.shape[1] == 1:       # one-unit binary head: probability or logit
-        threshold = 0.5 if pred.min() >= 0.0 and pred.max() <= 1.0 else 0.0
-        labels = (pred[:, 0] > threshold).astype(np.int64)
-    else:
-        labels = pred.reshape(len(pred), -1).argmax(axis=1)
-    return float(np.mean(labels == y))
+    return metrics.accuracy(np.asarray(pred, dtype=np.float32), y)
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -87,6 +87,8 @@ def test_user_model_and_image_folder_produce_a_complete_report(user_files, tmp_p
         assert art["parity"]["ok"] is True and art["parity"]["max_abs"] < 1e-4   # float32 export
         assert art["latency_ms"]["p50"] > 0 and art["latency_ms"]["threads"] >= 1
         assert art["accuracy"] == pytest.approx(baseline["accuracy"], abs=1e-6)  # same function
+        # Benchmarked with the predictor validation loaded, not a second load.
+        assert art["details"]["predictor"].startswith("the one validation loaded") and art["details"]["load_ms"] > 0
     trt = _artifact(report, "baseline", "tensorrt")
     assert trt["status"] == "skipped" and trt["reason"]
 
