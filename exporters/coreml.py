@@ -21,6 +21,7 @@ import platform
 from exporters import _common
 from optkit.errors import Unavailable, UserError
 from optkit.runner import Predictor, TensorSpec
+from optkit.runtimes import Runtime
 
 NAME = "coreml"
 SUFFIX = ".mlpackage"
@@ -205,3 +206,8 @@ def load(path, *, threads=None, compute_units="CPU_ONLY", **options):
     from optkit import runner
 
     return CoreMLPredictor(path, threads or runner.default_threads(), compute_units=compute_units)
+
+
+# Its packages run only here: the runtime `optkit bench --runtime coreml` (optkit.runtimes).
+RUNTIME = Runtime("coreml", ("mlpackage", "mlmodel"), load, "Core ML packages (prediction needs macOS)",
+                  default_for=("mlpackage", "mlmodel"))

@@ -33,6 +33,7 @@ import numpy as np
 from exporters import _common
 from optkit.errors import Unavailable, UserError
 from optkit.runner import Predictor, TensorSpec
+from optkit.runtimes import Runtime
 
 NAME = "tensorrt"
 SUFFIX = ".engine"
@@ -366,3 +367,8 @@ def load(path, *, threads=None, **options):
     if not ok:
         raise Unavailable(reason)
     return TensorRTPredictor(path, threads)
+
+
+# Its engines run only here: the runtime `optkit bench --runtime tensorrt` (optkit.runtimes).
+RUNTIME = Runtime("tensorrt", ("engine", "plan", "trt"), load, "TensorRT engines (needs an NVIDIA GPU)",
+                  aliases=("trt",), default_for=("engine", "plan", "trt"))

@@ -1,7 +1,7 @@
 """The latency harness for every runtime, built on optkit.runner's one timing procedure.
 
-A runtime here only loads a model and calls it (`predictor(*arrays) -> [np.ndarray]`); the
-procedure — load time, one cold call, warm-up, timed runs until a minimum time AND a minimum
+A runtime (optkit.runtimes: one registry, one file each) only loads a model and calls it
+(`predictor(*arrays) -> [np.ndarray]`); the procedure — load time, one cold call, warm-up, timed runs until a minimum time AND a minimum
 count, percentiles, raw samples, peak RSS — is `runner.bench_loaded`, shared by all of them:
 
     litert        .tflite through runner.load_predictor (ai_edge_litert / tflite_runtime)
@@ -18,32 +18,14 @@ without it. Threads are always set explicitly and recorded: runtimes' own defaul
 """
 from __future__ import annotations
 
-import difflib
 import os
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
 from optkit import runner
+from optkit import runtimes as runtimes_mod
 from optkit.errors import Unavailable, UserError
-
-# runtime -> suffixes it runs (a SavedModel directory has format "saved_model").
-RUNTIMES = {
-    "litert": ("tflite",),
-    "onnxruntime": ("onnx",),
-    "keras": ("keras", "h5", "saved_model"),
-    "keras-predict": ("keras", "h5"),
-    "tf-xla": ("keras", "h5", "saved_model"),
-    "tensorrt": ("engine", "plan", "trt"),
-    "coreml": ("mlpackage", "mlmodel"),
-}
-# The runtime used when none is asked for.
-DEFAULT_RUNTIME = {"tflite": "litert", "onnx": "onnxruntime", "keras": "keras", "h5": "keras",
-                   "saved_model": "keras", "engine": "tensorrt", "plan": "tensorrt", "trt": "tensorrt",
-                   "mlpackage": "coreml", "mlmodel": "coreml"}
-# Aliases users type.
-ALIASES = {"tflite": "litert", "ort": "onnxruntime", "onnx": "onnxruntime", "xla": "tf-xla",
-           "trt": "tensorrt", "predict": "keras-predict", "tf": "keras"}
 
 # Defaults for the timed loop; `optkit bench` exposes them as options. MIN_RUNS is the runner's:
 # at least the samples `optkit gate` needs, so two default bench JSONs can always be gated.
@@ -52,101 +34,31 @@ AGREEMENT_SAMPLES = 16
 
 
 def resolve_runtime(name: str) -> str:
-    key = name.strip().lower()
-    key = ALIASES.get(key, key)
-    if key not in RUNTIMES:
-        close = difflib.get_close_matches(key, list(RUNTIMES) + list(ALIASES), n=1)
-        hint = f" (did you mean '{ALIASES.get(close[0], close[0])}'?)" if close else ""
-        raise UserError(f"unknown runtime '{name}'{hint}; known: {', '.join(RUNTIMES)}")
-    return key
+    """A runtime name (or alias) -> its registered name (optkit.runtimes)."""
+    return runtimes_mod.get(name).name
 
 
 def runtimes_for(path: str, requested: Sequence[str] = ()) -> List[str]:
     """The runtimes to bench `path` on: those requested that can run its format, else its default."""
     fmt = runner.artifact_format(path)
-    if fmt not in DEFAULT_RUNTIME:
+    default = runtimes_mod.default_for(fmt)
+    if default is None:
         raise UserError(f"{path}: don't know how to run a '{fmt}' artifact; "
-                        f"bench takes {', '.join(sorted(DEFAULT_RUNTIME))}")
+                        f"bench takes {', '.join(runtimes_mod.formats())}")
     if not requested:
-        return [DEFAULT_RUNTIME[fmt]]
-    chosen = [r for r in (resolve_runtime(n) for n in requested) if fmt in RUNTIMES[r]]
+        return [default.name]
+    asked = [runtimes_mod.get(n) for n in requested]
+    chosen = [r.name for r in asked if fmt in r.formats]
     if not chosen:
         raise UserError(f"{path}: runtime {', '.join(requested)} cannot run a '{fmt}' artifact "
-                        f"(use {', '.join(r for r, fmts in RUNTIMES.items() if fmt in fmts)})")
+                        f"(use {', '.join(r.name for r in runtimes_mod.registry().values() if fmt in r.formats)})")
     return list(dict.fromkeys(chosen))
 
 
-# --------------------------------------------------------------------------------------------
-# Keras / TensorFlow predictors (TF imported only when one is built)
-
-
-def _set_tf_threads(tf, threads: int) -> int:
-    """Set TF's intra-op threads; returns the count in force (TF only accepts it before its
-    runtime starts, so a second Keras artifact in one process keeps the first one's setting)."""
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:
-        pass
-    current = tf.config.threading.get_intra_op_parallelism_threads()
-    return current if current > 0 else runner.default_threads()
-
-
-class KerasPredictor(runner.Predictor):
-    """A Keras model (either flavour) or SavedModel, called three ways:
-    "call" = tf.function(model(x)), "xla" = the same with jit_compile=True, "predict" = model.predict.
-    """
-
-    MODES = {"keras": "call", "tf-xla": "xla", "keras-predict": "predict"}
-
-    def __init__(self, path: str, threads: int, runtime: str = "keras"):
-        from optkit import keras_io
-
-        runner.Predictor.__init__(self, path, threads)
-        self.runtime = runtime
-        mode = self.MODES[runtime]
-        tf = keras_io.tf()
-        self.threads = _set_tf_threads(tf, threads)
-        loaded = keras_io.load(path)
-        model = loaded.model
-        self.backend = loaded.flavour
-        self.backend_version = tf.__version__
-        self.inputs = [runner.TensorSpec(n, [None if d is None else int(d) for d in s], d_ or "float32")
-                       for n, s, d_ in keras_io.input_specs(model)]
-        self.outputs = [runner.TensorSpec(n, [None if d is None else int(d) for d in s], d_ or "float32")
-                        for n, s, d_ in keras_io.output_specs(model)]
-        if loaded.flavour == keras_io.SAVED_MODEL:
-            if mode == "predict":
-                raise UserError(f"{path}: a plain SavedModel has no model.predict; use --runtime keras")
-            sig = model.signature
-            names = model.input_names
-            self._fn = tf.function(lambda *xs: [sig(**dict(zip(names, xs)))[k] for k in model.output_names],
-                                   jit_compile=(mode == "xla"), reduce_retracing=True)
-        elif mode == "predict":
-            self._fn = lambda *xs: model.predict(list(xs) if len(xs) > 1 else xs[0],
-                                                 batch_size=len(xs[0]), verbose=0)
-        else:
-            self._fn = tf.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0], training=False),
-                                   jit_compile=(mode == "xla"), reduce_retracing=True)
-        self._tf = tf
-
-    def __call__(self, *arrays):
-        self._check_arity(arrays)
-        out = self._fn(*[np.asarray(a, np.float32) for a in arrays])
-        flat = self._tf.nest.flatten(out)
-        return [np.asarray(o, dtype=np.float32) for o in flat]
-
-
 def load_runtime(path: str, runtime: str, threads: int):
-    """A Predictor for `path` on `runtime` (a name from RUNTIMES)."""
+    """A Predictor for `path` on `runtime` (a registered runtime name)."""
     try:
-        if runtime in ("litert", "onnxruntime"):
-            return runner.load_predictor(path, runtime=runtime, threads=threads)
-        if runtime in KerasPredictor.MODES:
-            return KerasPredictor(path, threads, runtime)
-        import exporters  # tensorrt / coreml: the exporter module knows how to load its artifact
-
-        predictor = exporters.get(runtime).load(path, threads=threads)
+        predictor = runtimes_mod.get(runtime).load(path, threads=threads)
         predictor.runtime = runtime
         return predictor
     except runner.RuntimeMissing as exc:
@@ -270,7 +182,7 @@ def _bench_one(path, runtime, threads, batch, warmup, min_time, min_runs, max_ru
             "threads": threads, "batch": batch, "accuracy": None}
     import_ms = None
     try:
-        if runtime in KerasPredictor.MODES:
+        if runtimes_mod.get(runtime).needs_tensorflow:
             # Importing TensorFlow (~4 s) is paid once per process, not per model: keep it out
             # of load_ms and report it on its own.
             import time

@@ -10,12 +10,13 @@ import json
 
 import click
 
+from optkit import runtimes
+
 
 @click.command("bench")
 @click.argument("artifacts", nargs=-1, required=True, metavar="ARTIFACT...")
 @click.option("--runtime", "runtimes", multiple=True, metavar="NAME",
-              help="litert, onnxruntime, keras, keras-predict, tf-xla, tensorrt, coreml "
-                   "(repeatable; default: by file type).")
+              help=f"{runtimes.help_text()} (repeatable; default: by file type).")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="Threads, set explicitly on every runtime [default: all available cores].")
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True)

@@ -13,6 +13,8 @@ import os
 
 import click
 
+import exporters
+
 from optkit.commands.int8_flags import add_int8_options, int8_options
 from optkit.errors import UserError
 from optkit.records import PRECISIONS as QUANTIZE
@@ -21,7 +23,7 @@ from optkit.records import PRECISIONS as QUANTIZE
 @click.command("export")
 @click.argument("model", type=click.Path())
 @click.option("--to", "formats", required=True, metavar="FMT[,FMT]",
-              help="Formats: tflite, onnx, coreml, saved_model, keras, tensorrt (comma-separated).")
+              help=f"Formats: {', '.join(exporters.names())} (comma-separated).")
 @click.option("--quantize", type=click.Choice(QUANTIZE), default="none", show_default=True,
               help="Precision of the exported artifacts.")
 @click.option("--data", metavar="SRC", help="Calibration/validation data (folder, .npz, tfds:NAME, synthetic:NAME). "
@@ -37,7 +39,6 @@ from optkit.records import PRECISIONS as QUANTIZE
 @click.pass_context
 def export_cmd(ctx, model, formats, quantize, data, out_dir, raw_options, threads, as_json, unsafe, **int8):
     """Export MODEL (.keras, .h5 or SavedModel dir) and validate every artifact against MODEL."""
-    import exporters
     from optkit import export as export_mod
 
     names = export_mod.parse_formats(formats)
