@@ -164,6 +164,7 @@ def export_one(module, model, path, *, quantize="none", data=None, threads=None,
                     raise location from None
                 art.status, art.reason = FAILED, files.user_words(
                     f"export failed: {type(exc).__name__}: {_common.first_line(exc)}", path)
+                art.quantization = getattr(exc, "quantization", None)   # an unmet int8 goal: what was tried
                 staged.discard()
                 _remove_artifact(path)   # an older file by this name no longer matches the model
                 return art

@@ -44,7 +44,12 @@ _SUFFIX = re.compile(r"_\d+$")
 
 
 class GoalNotMet(RunFailure):
-    """--max-accuracy-drop could not be reached within the float-layer limit (exit 1)."""
+    """--max-accuracy-drop could not be reached within the float-layer limit (exit 1). Carries
+    the quantization record (diagnosis, what was tried) for the failed artifact's report."""
+
+    def __init__(self, quantization: dict, message: str):
+        super().__init__(message)
+        self.quantization = quantization
 
 
 @dataclass
@@ -196,41 +201,52 @@ class TFLiteInt8:
 
         self.dataset = dataset
         converter.representative_dataset = dataset
+        layer_metrics, direct_metrics = _tflite_metrics()
         options = tf.lite.experimental.QuantizationDebugOptions(
-            layer_direct_compare_metrics=_tflite_metrics(), fully_quantize=int8_io)
+            layer_debug_metrics=layer_metrics, layer_direct_compare_metrics=direct_metrics, fully_quantize=int8_io)
         self.debugger = tf.lite.experimental.QuantizationDebugger(
             converter=converter, debug_dataset=dataset, debug_options=options)
-        self._rows = None
+        self._diagnoses: Dict[tuple, List[LayerError]] = {}
+        self._nodes: Dict[str, List[str]] = {}
 
-    def diagnose(self) -> List[LayerError]:
-        if self._rows is None:
-            import csv
-            import io
+    def diagnose(self, keep: Sequence[str] = ()) -> List[LayerError]:
+        """Per-layer error, worst first, of the int8 model with `keep` (Keras layers) in float."""
+        import csv
+        import io
 
-            self.debugger.run()
-            buf = io.StringIO()
-            self.debugger.layer_statistics_dump(buf)   # the public view: op name, tensor name, metrics
-            rows = []
-            stats = list(csv.DictReader(io.StringIO(buf.getvalue())))
-            for i, rec in enumerate(stats):
-                tensor = rec["tensor_name"]
-                found = layers_in(tensor, self.names, self.k3)
-                if not found and i == len(stats) - 1 and self.names:
-                    found = [self.names[-1]]   # the output op carries the signature's name, not a layer's
-                sig, noise = float(rec["signal_power"]), float(rec["mean_squared_error"])
-                ch = rec.get("channel_snr_db")
-                rows.append(LayerError(found[0] if found else tensor, rec["op_name"], snr_db(sig, noise),
-                                       math.sqrt(max(noise, 0.0)),
-                                       float(ch) if ch not in (None, "", "nan") else None, [tensor]))
-            self._nodes = {}
-            for r, rec in zip(rows, stats):
-                for name in layers_in(rec["tensor_name"], self.names, self.k3) or [r.name]:
-                    self._nodes.setdefault(name, []).append(rec["tensor_name"])
-            self._rows = _group(rows)
-        return self._rows
+        key = tuple(keep)
+        if key in self._diagnoses:
+            return self._diagnoses[key]
+        if key or self._diagnoses:   # the constructor's options already hold the full-int8 case
+            nodes = resolve_keep_float(keep, self.names, self.nodes_by_layer()) if keep else None
+            layer_metrics, direct_metrics = _tflite_metrics()
+            self.debugger.options = self.tf.lite.experimental.QuantizationDebugOptions(
+                layer_debug_metrics=layer_metrics, layer_direct_compare_metrics=direct_metrics,
+                denylisted_nodes=nodes, fully_quantize=self.int8_io)
+        self.debugger.run()
+        buf = io.StringIO()
+        self.debugger.layer_statistics_dump(buf)   # the public view: op name, tensor name, metrics
+        rows = []
+        stats = list(csv.DictReader(io.StringIO(buf.getvalue())))
+        for i, rec in enumerate(stats):
+            tensor = rec["tensor_name"]
+            found = layers_in(tensor, self.names, self.k3)
+            if not found and i == len(stats) - 1 and self.names:
+                found = [self.names[-1]]   # the output op carries the signature's name, not a layer's
+            sig, noise = float(rec["signal_power"]), float(rec["mean_squared_error"])
+            ch = rec.get("channel_snr_db")
+            rows.append(LayerError(found[0] if found else tensor, rec["op_name"], snr_db(sig, noise),
+                                   math.sqrt(max(noise, 0.0)),
+                                   float(ch) if ch not in (None, "", "nan") else None, [tensor]))
+            if not key:
+                for name in found or [tensor]:
+                    self._nodes.setdefault(name, []).append(tensor)
+        self._diagnoses[key] = _group(rows)
+        return self._diagnoses[key]
 
     def nodes_by_layer(self) -> Dict[str, List[str]]:
-        self.diagnose()
+        if not self._diagnoses:
+            self.diagnose()
         return self._nodes
 
     def quantize(self, keep_float: Sequence[str] = ()) -> bytes:
@@ -242,30 +258,43 @@ class TFLiteInt8:
 
 
 def _tflite_metrics():
-    """Per sample, from NumericVerify's (float, quantized, scale, zero point): the signal power of
-    the quantized output and the median per-channel SNR; averaged over samples by the debugger.
+    """(layer_debug_metrics, layer_direct_compare_metrics) for the debugger.
 
-    The noise power is NumericVerify's own `mean_squared_error`. The float operand we are handed
-    is occasionally garbage (a reused buffer: values near 1e44 were seen for the first op), so
-    the signal comes from the dequantized int8 output, and a sample whose float operand is not
-    plausible gives NaN, which the debugger's nanmean skips.
+    Per sample and layer: the signal power of the float twin's output and the median per-channel
+    SNR. The debugger hands `layer_debug_metrics` NumericVerify's difference (dequantized output -
+    float twin), which is reliable, and `layer_direct_compare_metrics` the quantized output and a
+    float operand that is not (a reused buffer: values near 1e44 were seen). So the float output
+    is rebuilt as dequantized output - difference: the debugger calls the first kind for every
+    layer of a sample, then the second kind for every layer in the same order (debugger.py,
+    _collect_layer_statistics), so a queue pairs them.
     """
+    import collections
 
-    def dequant(q, scale, zp):
-        return (q.astype(np.float32) - zp) * scale
+    pending = collections.deque()   # NumericVerify differences, one per layer, in call order
+    current = [None]                # (float, difference) of the layer being scored
+
+    def queue(diffs):
+        pending.append(np.asarray(diffs, dtype=np.float64))
+        return 0.0
 
     def signal(f, q, s, z):
-        return float(np.mean(np.square(dequant(q, s, z).astype(np.float64))))
+        """Power of the float twin's output, rebuilt as dequantized output - difference."""
+        d = (q.astype(np.float64) - z) * s
+        diff = pending.popleft() if pending else None
+        if diff is None or diff.shape != d.shape:
+            current[0] = None
+            return float("nan")
+        current[0] = (d - diff, diff)
+        return float(np.mean(np.square(current[0][0])))
 
     def channels(f, q, s, z):
-        d = dequant(q, s, z)
-        with np.errstate(all="ignore"):
-            bound = 4.0 * float(np.max(np.abs(d))) + 256.0 * abs(float(s))
-            if not np.all(np.isfinite(f)) or float(np.max(np.abs(f))) > bound:
-                return float("nan")
-            return _nan_if_none(channel_snr_db(f, d))
+        if current[0] is None:
+            return float("nan")
+        ref, diff = current[0]
+        return _nan_if_none(channel_snr_db(ref, ref + diff))
 
-    return {"signal_power": signal, "channel_snr_db": channels}
+    # insertion order matters: the debugger calls signal_power before channel_snr_db
+    return {"_queue": queue}, {"signal_power": signal, "channel_snr_db": channels}
 
 
 def _nan_if_none(v):
@@ -295,11 +324,18 @@ class OnnxInt8:
         self.input_names = [i.name for i in graph.input if i.name not in {t.name for t in graph.initializer}]
         self._nodes = {}
         k3 = _keras3_scopes(model)
+        self._primary = {}   # node -> the Keras layer its row is reported under (first in model order)
+        inits = {t.name for t in graph.initializer}
         for node in graph.node:
-            for name in layers_in(node.name, self.names, k3)[:1]:
+            # tf2onnx names a conv with its BatchNorm folded in `Conv__34`; its weights keep the
+            # layer names (`res0a_1/convolution/merged_input`, `res0a_bn_1/batchnorm/sub`)
+            found = (layers_in(node.name, self.names, k3)
+                     or layers_in(";".join(i for i in node.input if i in inits), self.names, k3))
+            for name in found:   # a conv with its BN folded in answers to both layer names
                 self._nodes.setdefault(name, []).append(node.name)
-        self._rows = None
-        self._full = None
+            if found:
+                self._primary.setdefault(found[0], []).append(node.name)
+        self._diagnoses: Dict[tuple, List[LayerError]] = {}
 
     def reader(self):
         from onnxruntime.quantization import CalibrationDataReader
@@ -340,14 +376,15 @@ class OnnxInt8:
     def nodes_by_layer(self) -> Dict[str, List[str]]:
         return self._nodes
 
-    def diagnose(self, qdq_path: Optional[str] = None) -> List[LayerError]:
+    def diagnose(self, keep: Sequence[str] = ()) -> List[LayerError]:
         """Each Keras layer's float nodes run on the QDQ model's dequantized inputs, compared with
-        the QDQ model's (dequantized) outputs of that layer."""
-        if self._rows is not None:
-            return self._rows
+        the QDQ model's (dequantized) outputs of that layer; `keep` layers stay float."""
         import onnx
 
-        qdq_path = qdq_path or self.quantize()
+        key = tuple(keep)
+        if key in self._diagnoses:
+            return self._diagnoses[key]
+        qdq_path = self.quantize(keep)
         acts = _dump_activations(qdq_path, self.reader(), os.path.join(self.workdir, "qdq_dump.onnx"))
         deq = {}   # tensor -> dequantized value per sample, as the QDQ model's consumers see it
         for name, values in acts.items():
@@ -358,7 +395,9 @@ class OnnxInt8:
         float_model = onnx.load(self.float_path)
         quantized = _quantized_tensors(qdq_path)
         rows = []
-        for layer, node_names in self._nodes.items():
+        for layer, node_names in self._primary.items():
+            if layer in keep:
+                continue
             twin = _twin(float_model, set(node_names))
             if twin is None:
                 continue
@@ -367,8 +406,8 @@ class OnnxInt8:
             if not touched & quantized or not all(i in deq for i in inputs):
                 continue   # nothing of this layer is int8, or its inputs were never dumped
             rows.append(_compare_twin(layer, model, inputs, outputs, deq, float_model))
-        self._rows = sorted([r for r in rows if r is not None], key=lambda r: r.score)
-        return self._rows
+        self._diagnoses[key] = sorted([r for r in rows if r is not None], key=lambda r: r.score)
+        return self._diagnoses[key]
 
 
 _DQ_SUFFIX = "_DequantizeLinear_Output"
@@ -530,13 +569,64 @@ def float_limit(n_layers: int, share: float = DEFAULT_FLOAT_LIMIT) -> int:
     return max(1, int(math.floor(share * n_layers + 1e-9)))
 
 
-def search(rows: List[LayerError], write: Callable[[List[str]], str], score: Callable[[str], float],
-           baseline: float, max_drop: float, limit: int, *, start=(), progress=None):
-    """Keep the worst layers float one at a time, in diagnosis order, until the drop is within
-    `max_drop` or `limit` layers are float. Returns (path, keep_float, drop, tried)."""
+def producers(model) -> Dict[str, List[str]]:
+    """Keras layer -> the layers whose outputs it reads (from the model's config)."""
+    from optkit import graph_edit, keras_io
+
+    out: Dict[str, List[str]] = {}
+    try:
+        for source, readers in graph_edit.topology(keras_io.as_keras3(model)).consumers.items():
+            for reader in readers:
+                out.setdefault(reader, []).append(source)
+    except Exception:  # noqa: BLE001 - without the wiring the search still follows the diagnosis
+        return {}
+    return out
+
+
+def _quantized_neighbours(layer, producers_of, readers_of, quantized):
+    """The nearest quantized layers writing `layer`'s input or reading its output (through
+    layers with no int8 op of their own)."""
+    found = []
+    for wiring in (producers_of, readers_of):
+        stack, seen = list(wiring.get(layer, [])), set()
+        while stack:
+            p = stack.pop(0)
+            if p in seen:
+                continue
+            seen.add(p)
+            if p in quantized:
+                found.append(p)
+            else:
+                stack.extend(wiring.get(p, []))
+    return list(dict.fromkeys(found))
+
+
+def search(session, write: Callable[[List[str]], str], score: Callable[[str], float],
+           baseline: float, max_drop: float, limit: int, *, start=(), wiring=None, progress=None):
+    """Keep the worst layer float, one at a time, until the drop is within `max_drop` or `limit`
+    layers are float. Returns (path or None, keep_float, drop, tried).
+
+    The layers are diagnosed again after each one is kept float: a layer that wrecks its output
+    also makes every layer after it look bad (they see its damage as their input), and that
+    noise goes away once the culprit runs in float, leaving the next real culprit on top.
+    When a layer kept float on the diagnosis' word does not reach the goal, its worst neighbour
+    (a layer writing its input or reading its output) comes next: a tensor stays float only if
+    the layers writing and reading it do, and a tensor that int8 wrecks (one wide channel leaving
+    the others a few levels) shows up on only one side of it.
+    """
     keep = list(start)
     tried = []
-    order = [r.name for r in rows if r.name not in keep]
+    quantized = set(session.nodes_by_layer())
+    wiring = wiring or {}
+    readers: Dict[str, List[str]] = {}
+    for layer, sources in wiring.items():
+        for src in sources:
+            readers.setdefault(src, []).append(layer)
+    # a BatchNormalization folded into its conv is one op: name it as the diagnosis row does
+    row_of = {node: r.name for r in session.diagnose() for node in r.nodes}
+    canonical = {layer: next((row_of[n] for n in nodes if n in row_of), layer)
+                 for layer, nodes in session.nodes_by_layer().items()}
+    follow = None   # the layer whose producers come next
     while True:
         path = write(keep)
         value = score(path)
@@ -546,9 +636,23 @@ def search(rows: List[LayerError], write: Callable[[List[str]], str], score: Cal
             progress(f"  int8 with {len(keep)} layer(s) float: {value:.2f} ({drop:+.2f} points)")
         if drop <= max_drop + 1e-9:
             return path, keep, drop, tried
-        if len(keep) >= limit or not order:
+        if len(keep) >= limit:
             return None, keep, drop, tried
-        keep.append(order.pop(0))
+        rows = session.diagnose(keep)
+        near = []
+        if follow:
+            near = [canonical.get(p, p) for p in _quantized_neighbours(follow, wiring, readers, quantized)]
+            near = [p for p in dict.fromkeys(near) if p not in keep]
+        if near:
+            score_of = {r.name: r.score for r in rows}
+            keep.append(min(near, key=lambda p: score_of.get(p, math.inf)))
+            follow = None
+            continue
+        worst = next((r.name for r in rows if r.name not in keep), None)
+        if worst is None:
+            return None, keep, drop, tried
+        keep.append(worst)
+        follow = worst
 
 
 # ------------------------------------------------------------------ the exporters' entry points
@@ -659,17 +763,19 @@ def _run(session, write, model, data, options, samples, *, method):
         best_score, best_method, best_path = max(results, key=lambda r: r[0])
         if best_method != method:
             session.method = method = best_method
-            session._rows = None
+            session._diagnoses.clear()
             rows = session.diagnose()
             record["layers"] = [r.to_json() for r in rows]
             record["calibration"]["method"] = method
             full = best_path
-    path, kept, drop, tried = search(rows, write, score, baseline, goal, limit, start=keep)
+    path, kept, drop, tried = search(session, write, score, baseline, goal, limit, start=keep,
+                                     wiring=producers(model))
     record["goal"] = {"max_drop": goal, "measure": measure, "baseline": round(baseline, 2),
                       "drop": round(drop, 2), "float_limit": limit, "tried": tried,
                       "methods_tried": tried_methods}
     if path is None:
-        raise GoalNotMet(f"--max-accuracy-drop {goal:g}: int8 {measure} is still {drop:.2f} points below "
+        record["float_layers"] = kept
+        raise GoalNotMet(record, f"--max-accuracy-drop {goal:g}: int8 {measure} is still {drop:.2f} points below "
                          f"float with {len(kept)} of {len(rows)} layers float (limit {limit}: "
                          f"{', '.join(kept) or 'none'})")
     record["float_layers"] = kept

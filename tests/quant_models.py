@@ -88,36 +88,86 @@ def widen_channel(model, layer, consumer, x, factor=WIDE_FACTOR):
     model.get_layer(consumer).set_weights(weights)
 
 
-def hardswish_mobilenet(data, seed=0, epochs=4):
-    """MobileNetV3-style: depthwise + pointwise with hard-swish, no BatchNorm to tame ranges."""
+def _bn(L, name):
+    # momentum 0.9: short trainings leave 0.99's moving statistics unconverged (STACK.md)
+    return L.BatchNormalization(momentum=0.9, name=name)
+
+
+def scale_bn_channel(model, bn, channel, factor):
+    """Multiply one output channel of a BatchNormalization layer by `factor` (gamma and beta)."""
+    gamma, beta, mean, var = model.get_layer(bn).get_weights()
+    gamma[channel] *= factor
+    beta[channel] *= factor
+    model.get_layer(bn).set_weights([gamma, beta, mean, var])
+
+
+def scale_input_channel(model, layer, channel, factor):
+    """Multiply the weights a conv/dense layer applies to one input channel by `factor`."""
+    weights = model.get_layer(layer).get_weights()
+    weights[0][..., channel, :] *= factor
+    model.get_layer(layer).set_weights(weights)
+
+
+def _most_active(model, layer, x):
+    import keras
+
+    probe = keras.Model(model.inputs, model.get_layer(layer).output)
+    return int(np.argmax(np.abs(np.asarray(probe(x))).mean(axis=(0, 1, 2))))
+
+
+def hardswish_mobilenet(data, seed=0, epochs=6, factor=WIDE_FACTOR):
+    """MobileNetV3-style inverted bottlenecks (1x1 expand, 3x3 depthwise, hard-swish, linear 1x1
+    projection) with one outlier channel in a bottleneck: the first block's projection output
+    channel is scaled by `factor` (BN gamma/beta) and the next expansion reads it with 1/factor,
+    the same function in float. 12 quantizable layers."""
     import keras
 
     keras.utils.set_random_seed(seed)
     L = keras.layers
     inp = keras.Input(SHAPE)
-    h = L.Conv2D(16, 3, padding="same", activation="hard_swish", name="stem")(inp)
-    for i, (ch, stride) in enumerate([(24, 1), (32, 2), (32, 1), (48, 2)]):
-        h = L.DepthwiseConv2D(3, strides=stride, padding="same", activation="hard_swish", name=f"dw{i}")(h)
-        h = L.Conv2D(ch, 1, activation="hard_swish", name=f"pw{i}")(h)
+    h = L.Conv2D(16, 3, padding="same", use_bias=False, name="stem")(inp)
+    h = L.Activation("hard_swish", name="stem_hs")(_bn(L, "stem_bn")(h))
+    for i, (expand, out, stride) in enumerate([(48, 24, 2), (72, 32, 1), (96, 40, 2)]):
+        h = L.Conv2D(expand, 1, use_bias=False, name=f"b{i}_expand")(h)
+        h = L.Activation("hard_swish", name=f"b{i}_expand_hs")(_bn(L, f"b{i}_expand_bn")(h))
+        h = L.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"b{i}_dw")(h)
+        h = L.Activation("hard_swish", name=f"b{i}_dw_hs")(_bn(L, f"b{i}_dw_bn")(h))
+        h = L.Conv2D(out, 1, use_bias=False, name=f"b{i}_project")(h)
+        h = _bn(L, f"b{i}_project_bn")(h)
     h = L.GlobalAveragePooling2D(name="gap")(h)
     out = L.Dense(CLASSES, activation="softmax", name="head")(h)
-    return _fit(keras.Model(inp, out, name="hardswish_mobilenet"), data, epochs)
+    model = _fit(keras.Model(inp, out, name="hardswish_mobilenet"), data, epochs)
+    channel = _most_active(model, "b0_project_bn", data.x_train[:64])
+    scale_bn_channel(model, "b0_project_bn", channel, factor)
+    scale_input_channel(model, "b1_expand", channel, 1.0 / factor)
+    return model
 
 
-def large_residual(data, seed=0, epochs=4, gain=8.0):
-    """Residual blocks whose branch output is scaled by `gain`: the residual stream's range grows
-    block after block, as in deep nets without normalisation."""
+def large_residual(data, seed=0, epochs=6, factor=100.0, blocks=3):
+    """A residual net whose residual stream carries one large channel (as in deep nets, where a
+    few channels grow far beyond the rest): scaled by `factor` at the stem and at every block's
+    last BN, read with 1/factor by every block's first conv and by the head. The same function
+    in float; every Add carries the wide channel, so no single layer kept float fixes it."""
     import keras
 
     keras.utils.set_random_seed(seed)
     L = keras.layers
     inp = keras.Input(SHAPE)
-    h = L.Conv2D(16, 3, padding="same", activation="relu", name="stem")(inp)
-    for i in range(4):
-        r = L.Conv2D(16, 3, padding="same", activation="relu", name=f"res{i}a")(h)
-        r = L.Conv2D(16, 3, padding="same", name=f"res{i}b")(r)
-        r = L.Rescaling(gain, name=f"gain{i}")(r)
-        h = L.Add(name=f"add{i}")([h, r])
+    h = L.Conv2D(16, 3, padding="same", use_bias=False, name="stem")(inp)
+    h = L.ReLU(name="stem_relu")(_bn(L, "stem_bn")(h))
+    for i in range(blocks):
+        r = L.Conv2D(16, 3, padding="same", use_bias=False, name=f"res{i}a")(h)
+        r = L.ReLU(name=f"res{i}a_relu")(_bn(L, f"res{i}a_bn")(r))
+        r = L.Conv2D(16, 3, padding="same", use_bias=False, name=f"res{i}b")(r)
+        r = _bn(L, f"res{i}b_bn")(r)
+        h = L.ReLU(name=f"add{i}_relu")(L.Add(name=f"add{i}")([h, r]))
     h = L.GlobalAveragePooling2D(name="gap")(h)
     out = L.Dense(CLASSES, activation="softmax", name="head")(h)
-    return _fit(keras.Model(inp, out, name="large_residual"), data, epochs)
+    model = _fit(keras.Model(inp, out, name="large_residual"), data, epochs)
+    channel = _most_active(model, "stem_bn", data.x_train[:64])
+    scale_bn_channel(model, "stem_bn", channel, factor)
+    for i in range(blocks):
+        scale_input_channel(model, f"res{i}a", channel, 1.0 / factor)
+        scale_bn_channel(model, f"res{i}b_bn", channel, factor)
+    scale_input_channel(model, "head", channel, 1.0 / factor)
+    return model
