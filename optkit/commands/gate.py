@@ -97,6 +97,6 @@ def _render(result) -> str:
         lines.append(f"  {t['statistic']} {t['baseline_ms']:.4g} ms -> {t['candidate_ms']:.4g} ms "
                      f"(x{t['ratio']:.3f}, lower bound x{t['ratio_lower_bound']:.3f})")
     for c in result.checks:
-        lines.append(f"  check {c.name}: {c.status}"
-                     + (f" ({c.baseline} -> {c.candidate}; {c.reason})" if c.status != "skipped" else ""))
+        numbers = f"{c.baseline} -> {c.candidate}; " if c.baseline is not None or c.candidate is not None else ""
+        lines.append(f"  check {c.name}: {c.status}" + (f" ({numbers}{c.reason})" if c.status != "skipped" else ""))
     return "\n".join(lines)
