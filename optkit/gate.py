@@ -104,7 +104,7 @@ class GateResult:
     max_slowdown: float
     min_samples: int
     decided_by: str
-    test: str = "mann-whitney-u (one-sided: candidate slower)"
+    test: str = "median: mann-whitney-u (one-sided: candidate slower); p90: percentile-bootstrap lower bound"
     checks: List[Check] = field(default_factory=list)
     confirmation: Optional[Dict[str, Any]] = None   # the rerun's own result, when --confirm ran
     statistic: str = "median"       # what decided: median | p90 | median+p90 | samples | a check's name

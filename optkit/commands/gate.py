@@ -62,9 +62,9 @@ def gate_cmd(ctx, baseline, candidate, max_slowdown, max_tail_slowdown, alpha, m
              confirm, runtime, threads, batch, warmup, min_time, allow_env_mismatch, as_json):
     """Decide whether CANDIDATE is slower than BASELINE.
 
-    Regression = median slower beyond --max-slowdown with Mann-Whitney U p < ALPHA, or p90
-    slower beyond --max-tail-slowdown with its bootstrap lower bound above 1, or a deterministic
-    check (size, parameters, FLOPs, validation) failing. Exit 0 pass, 3 regression,
+    Regression = median slower beyond --max-slowdown with Mann-Whitney U p < ALPHA, or a p90
+    whose bootstrap lower bound is slower beyond --max-tail-slowdown, or a deterministic check
+    (size, parameters, FLOPs, validation) failing. Exit 0 pass, 3 regression,
     4 inconclusive (prints the exact rerun that would decide), 2 bad input, including results
     from different devices, threads or batch sizes. To catch a 10% slowdown reliably, set
     --max-slowdown below it (see docs/ci-gate.md).
