@@ -16,7 +16,7 @@ install: $(STAMP)
 
 ## The main job on the embedded default: zoo Lesson 14 CNN on synthetic:shapes.
 demo: $(STAMP)
-	$(VENV)/bin/optkit optimize -o runs/demo
+	$(VENV)/bin/optkit optimize -o runs/demo --force
 
 ## The whole suite, slow end-to-end tests included (what CI runs).
 test: $(STAMP)

@@ -94,8 +94,10 @@ def main(argv=None):
 def _main(argv):
     try:
         rv = cli.main(args=argv, prog_name="optkit", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("optkit: aborted", err=True)
+    except click.exceptions.Abort as exc:
+        # click turns Ctrl-C (KeyboardInterrupt) into Abort; a declined prompt is an Abort too.
+        ctrl_c = isinstance(exc.__context__, KeyboardInterrupt)
+        click.echo("optkit: interrupted" if ctrl_c else "optkit: aborted", err=True)
         return _exit(130)
     except click.ClickException as exc:
         # Usage errors (exit 2) and ClickException (exit 1) keep click's own message.

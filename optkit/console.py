@@ -201,7 +201,8 @@ def write(line: str) -> None:
     tqdm.write(line, file=sys.stderr)
 
 
-def bar(total: Optional[int], desc: str, *, unit: str = "it", enabled: bool = True, leave: bool = False):
+def bar(total: Optional[int], desc: str, *, unit: str = "it", enabled: bool = True, leave: bool = False,
+        initial: int = 0):
     """A tqdm bar on stderr (stdout holds the table or --json), or None (disabled, no tqdm).
 
     Open it when its stage starts, close it when the stage ends: tqdm stacks a bar opened while
@@ -212,4 +213,5 @@ def bar(total: Optional[int], desc: str, *, unit: str = "it", enabled: bool = Tr
         from tqdm import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=leave, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=leave, dynamic_ncols=True,
+                initial=initial)

@@ -24,7 +24,6 @@ import datetime as _dt
 import json
 import os
 import re
-import sys
 import time
 import traceback
 from typing import Any, Dict, List, Optional
@@ -34,6 +33,7 @@ import numpy as np
 from optkit import metrics
 from optkit import plan as plan_mod
 from optkit import quant_debug
+from optkit import verdicts
 from optkit.errors import OptkitError, RunFailure, Unavailable, UserError
 from optkit.records import FAILED, OK, SKIPPED, SCHEMA, Artifact, Latency, Parity, Variant
 
@@ -51,23 +51,9 @@ def default_out_dir() -> str:
 
 
 def _log(message: str) -> None:
-    try:   # tqdm.write keeps an active progress bar intact
-        from tqdm import tqdm
+    from optkit import console
 
-        tqdm.write(f"optkit: {message}", file=sys.stderr)
-    except ImportError:
-        print(f"optkit: {message}", file=sys.stderr, flush=True)
-
-
-def _bar(total: Optional[int], desc: str, enabled: bool):
-    """A tqdm bar on stderr (stdout is for the table or --json); None without tqdm."""
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, unit="artifact", file=sys.stderr, leave=False)
+    console.log(message)
 
 
 def _slug(name: str) -> str:
@@ -91,7 +77,8 @@ class Pipeline:
     `baseline_record()`, `variant_records()`, and `mark(variant_id, ...)` for a driver's verdicts.
     Drivers never touch the plan's lists or the records directly."""
 
-    def __init__(self, plan: plan_mod.Plan, out_dir: str, *, progress: bool = True):
+    def __init__(self, plan: plan_mod.Plan, out_dir: str, *, progress: bool = True,
+                 previous: Optional[Dict[str, dict]] = None):
         self.plan = plan
         self.out_dir = out_dir
         self.progress = progress
@@ -105,8 +92,22 @@ class Pipeline:
         self.threads = None
         self.notes: List[str] = []
         self.started = time.perf_counter()
-        self.bar = None   # progress over export + validation + benchmark
+        self.bar = None   # progress over export + validation + benchmark, open while a variant exports
+        self.bar_total: Optional[int] = None
+        self.exported = 0
         self._dirs: Dict[str, str] = {}
+        # The steps behind each variant's *model*: a rejected variant holds its parent's model,
+        # so its children's history (what QAT reads to pick PQAT/CQAT) skips the rejected step.
+        self.lineage: Dict[str, List[dict]] = {}
+        # Variant id -> the variant whose model it holds (itself, or for a rejected or skipped
+        # one, what it passed through): a step is judged against the model it was applied to.
+        self.built_on: Dict[str, str] = {}
+        # Chain runs keep a step only when it does not cost more than this on validation.
+        self.judging = plan.mode == "chain"
+        self.tolerance = getattr(plan, "max_accuracy_drop", verdicts.DEFAULT_TOLERANCE_POINTS)
+        # --resume: finished variants of the earlier run in this folder, by content-hash id.
+        self.previous: Dict[str, dict] = dict(previous or {})
+        self.current: Optional[str] = None   # the variant being built (marked if interrupted)
 
     # ------------------------------------------------------------------ set-up
 
@@ -154,8 +155,13 @@ class Pipeline:
         from optkit import data as data_mod
 
         plan = self.plan
-        return data_mod.load_data(plan.data, input_shape=input_shape, num_classes=num_classes,
+        data = data_mod.load_data(plan.data, input_shape=input_shape, num_classes=num_classes,
                                   seed=plan.seed, limit=plan.data_limit)
+        note = data_mod.small_data_note(data)
+        if note:
+            _log(note)
+            self.notes.append(note)
+        return data
 
     # ------------------------------------------------------------------ variants
 
@@ -170,6 +176,49 @@ class Pipeline:
 
     def make_variant(self, spec: plan_mod.VariantSpec, *, not_applicable: str = FAILED,
                      pass_through: bool = False) -> Variant:
+        """See _make_variant; a variant finished in an earlier run into this folder is reused."""
+        reused = self.reuse(spec)
+        if reused is not None:
+            return reused
+        self.current = spec.id
+        record = self._make_variant(spec, not_applicable=not_applicable, pass_through=pass_through)
+        self.current = None   # not reached when interrupted: the variant stays marked unfinished
+        return record
+
+    def reuse(self, spec: plan_mod.VariantSpec) -> Optional[Variant]:
+        """The earlier run's record and model of `spec` (same id = same model, data, steps and
+        options), or None when it did not finish there or its model cannot be read back."""
+        from optkit import keras_io
+
+        prev = self.previous.get(spec.id)
+        if not prev or prev.get("status") not in (OK, verdicts.REJECTED, SKIPPED):
+            return None
+        if prev.get("status") == OK:
+            try:
+                model = keras_io.load(prev["path"], unsafe=self.plan.unsafe).model
+            except Exception:  # noqa: BLE001 - not reusable (e.g. a QAT .h5): build it again
+                return None
+        elif spec.parent in self.models:
+            model = self.models[spec.parent]          # rejected / not applicable: the parent's model
+        else:
+            return None
+        fields = {k: prev.get(k) for k in ("id", "name", "parent", "steps", "path", "params", "accuracy",
+                                           "train_time_per_epoch_s", "inference_ms_per_step", "status", "reason")}
+        record = Variant(**{k: v for k, v in fields.items() if v is not None or k in ("parent",)},
+                         artifacts=list(prev.get("artifacts") or []), details=dict(prev.get("details") or {}))
+        record.reused = True
+        self.specs[spec.id] = spec
+        self.records[spec.id] = record
+        self.models[spec.id] = model
+        parent_steps = self.lineage.get(spec.parent, []) if spec.parent else []
+        self.lineage[spec.id] = list(record.steps) if record.status == OK else list(parent_steps)
+        self.built_on[spec.id] = spec.id if record.status == OK else self.built_on.get(spec.parent, spec.parent)
+        self.exported += len(spec.exports)
+        _log(f"variant {record.name} [{record.id}]: reused from the earlier run in {self.out_dir}")
+        return record
+
+    def _make_variant(self, spec: plan_mod.VariantSpec, *, not_applicable: str = FAILED,
+                      pass_through: bool = False) -> Variant:
         """Apply `spec.steps` in order to its parent's model; measure, save and export the result.
 
         A step that refuses the model (UserError: no Flatten head to pool, a layer tfmot cannot
@@ -183,7 +232,7 @@ class Pipeline:
 
         parent = self.records.get(spec.parent)
         record = Variant(id=spec.id, name=spec.name, parent=spec.parent,
-                         steps=list(parent.steps) if parent else [])
+                         steps=list(self.lineage.get(spec.parent, parent.steps)) if parent else [])
         entries = [{"name": s.name, "options": dict(s.options), "info": {}} for s in spec.steps]
         record.steps.extend(entries)
         self.specs[spec.id] = spec
@@ -207,6 +256,9 @@ class Pipeline:
                  + "".join(f" {k}={v}" for k, v in sorted(plan_step.options.items())))
             t0 = time.perf_counter()
             try:
+                why_not = step.why_not(model)
+                if why_not:
+                    raise UserError(why_not)
                 with self.scope():
                     result = step.apply(model, ctx, **plan_step.options)
             except Exception as exc:  # noqa: BLE001 - a failing step is a row, the run goes on
@@ -214,11 +266,13 @@ class Pipeline:
                     record.status, record.reason = not_applicable, f"step {plan_step.name}: {_reason(exc)}"
                     if pass_through:
                         self.models[spec.id] = self.models[spec.parent]
+                        self.lineage[spec.id] = self.lineage.get(spec.parent, parent.steps)
+                        self.built_on[spec.id] = self.built_on.get(spec.parent, spec.parent)
                 else:
                     record.status, record.reason = FAILED, f"step {plan_step.name} failed: {_reason(exc)}"
                     record.details["traceback"] = traceback.format_exc(limit=8)
-                record.artifacts = [Artifact(e.format, None, e.quantize, status=SKIPPED, reason="variant failed")
-                                    for e in spec.exports]
+                record.artifacts = [Artifact(e.format, None, e.quantize, status=SKIPPED,
+                                             reason=f"variant {record.status}") for e in spec.exports]
                 _log(record.reason)
                 return record
             entry["info"] = _jsonable(result.info)
@@ -272,9 +326,47 @@ class Pipeline:
         self.specs[spec.id] = spec
         self.records[record.id] = record
         self.models[record.id] = model
+        self.lineage[record.id] = list(record.steps)
+        self.built_on[record.id] = record.id
         self.measure(record, model)
+        if self._reject_if_worse(record):
+            return
         self.save(record, model)
-        record.artifacts = [self.export(record, model, e) for e in spec.exports]
+        record.artifacts = self.export_all(record, model, spec.exports)
+
+    def export_all(self, record: Variant, model, exports) -> List[Artifact]:
+        """Export one variant to each format, under the run's progress bar, which shows only while
+        exports run (training bars of the next variant never sit under a stale one)."""
+        from optkit import console
+
+        self.bar = console.bar(self.bar_total, "export, validate, bench", unit="artifact",
+                               enabled=self.progress and bool(exports), initial=self.exported)
+        try:
+            return [self.export(record, model, e) for e in exports]
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+            self.bar = None
+
+    def _reject_if_worse(self, record: Variant) -> bool:
+        """Score a chain variant against its parent on validation; a step that costs more than
+        the tolerance is `rejected` (with both numbers) and its children build on the parent."""
+        parent = self.records.get(self.built_on.get(record.parent, record.parent)) if record.parent else None
+        if not self.judging or parent is None:
+            return False
+        verdict = verdicts.judge(record.details.get("val_accuracy"), parent.details.get("val_accuracy"),
+                                 self.tolerance)
+        record.details["verdict"] = verdict
+        if verdict["kept"]:
+            return False
+        record.status, record.reason = verdicts.REJECTED, verdict["reason"]
+        self.models[record.id] = self.models[parent.id]
+        self.lineage[record.id] = self.lineage.get(parent.id, parent.steps)
+        self.built_on[record.id] = parent.id
+        record.artifacts = [Artifact(e.format, None, e.quantize, status=SKIPPED, reason="variant rejected")
+                            for e in self.specs[record.id].exports]
+        _log(f"{record.name}: {verdict['reason']}; the next step builds on {parent.name}")
+        return True
 
     def export_restriction(self, record: Variant) -> Optional[plan_mod.ExportSpec]:
         """A step may say its model has one destination only (QAT: full-integer TFLite)."""
@@ -313,6 +405,12 @@ class Pipeline:
             try:
                 record.accuracy = train.evaluate(model, self.data.x_test, self.data.y_test,
                                                  batch_size=KERAS_BATCH)
+                record.details["accuracy_n"] = int(len(self.data.y_test))
+                # Decisions (keep a step or not) use validation; the test split only reports.
+                if len(self.data.y_val):
+                    record.details["val_accuracy"] = train.evaluate(model, self.data.x_val, self.data.y_val,
+                                                                    batch_size=KERAS_BATCH)
+                    record.details["val_n"] = int(len(self.data.y_val))
             except Exception as exc:  # noqa: BLE001
                 record.details["accuracy_error"] = _reason(exc)
         try:
@@ -418,6 +516,7 @@ class Pipeline:
             self.bench_artifact(module, artifact, evaluate=evaluate, loaded=loaded)
         if artifact.status != OK:
             _log(f"  {spec.label}: {artifact.status}: {artifact.reason}")
+        self.exported += 1
         if self.bar is not None:
             self.bar.update(1)
         return artifact
@@ -465,6 +564,10 @@ class Pipeline:
         from optkit import env
 
         plan = self.plan
+        interrupted = bool((extra or {}).get("interrupted"))
+        if interrupted and self.current in self.records:
+            record = self.records[self.current]
+            record.status, record.reason = INTERRUPTED, "interrupted before it finished"
         report = {
             "schema": SCHEMA,
             "kind": "optimize",
@@ -479,8 +582,12 @@ class Pipeline:
             "elapsed_s": round(time.perf_counter() - started, 1),
         }
         report.update(extra or {})
+        baseline = self.records.get(plan.baseline.id)
+        report["selected"] = verdicts.select(report["variants"], baseline.accuracy if baseline else None,
+                                             self.tolerance)
+        report["tolerance_points"] = self.tolerance
         report["failures"] = failures(report)
-        report["status"] = FAILED if report["failures"] else OK
+        report["status"] = INTERRUPTED if interrupted else (FAILED if report["failures"] else OK)
         return report
 
 
@@ -523,9 +630,10 @@ def _jsonable(value):
 def _data_summary(data):
     if data is None:
         return None
+    from optkit.data import split_summary
+
     return {"source": getattr(data, "source", None), "num_classes": getattr(data, "num_classes", None),
-            "input_shape": list(getattr(data, "input_shape", []) or []),
-            "train": int(len(data.x_train)), "val": int(len(data.x_val)), "test": int(len(data.x_test))}
+            "input_shape": list(getattr(data, "input_shape", []) or []), **split_summary(data)}
 
 
 def failures(report: dict) -> List[str]:
@@ -551,8 +659,13 @@ def summary(report: dict) -> str:
         text += "\n\n" + _search_summary(search)
     for label, q in report_mod.quantized_artifacts(report):
         text += f"\n\nint8 layers, worst first ({label}):\n" + report_mod.quant_table(q)
+    rejected = [v for v in report.get("variants", []) if v.get("status") == verdicts.REJECTED]
+    if rejected:
+        text += "\n\nrejected:\n" + "\n".join(f"  {v['name']}: {v.get('reason', '')}" for v in rejected)
     if report.get("failures"):
         text += "\n\nfailed:\n" + "\n".join(f"  {line}" for line in report["failures"])
+    if "selected" in report:
+        text += "\n\n" + verdicts.closing_line(report["selected"])
     return text
 
 
@@ -581,22 +694,58 @@ def _num(x):
 
 # ---------------------------------------------------------------------------------- run
 
-def run(plan: plan_mod.Plan, out_dir: str, *, progress: bool = True) -> dict:
+def previous_variants(out_dir: str) -> Dict[str, dict]:
+    """Finished variants of the run whose report.json is in `out_dir`, by id (for --resume)."""
+    path = os.path.join(out_dir, "report.json")
+    try:
+        with open(path) as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return {v["id"]: v for v in doc.get("variants", []) if isinstance(v, dict) and v.get("id")
+            and v.get("status") != INTERRUPTED}
+
+
+def run(plan: plan_mod.Plan, out_dir: str, *, progress: bool = True, resume: bool = False) -> dict:
     """Execute `plan` into `out_dir`; returns the report (also written as report.json).
     The folder is locked for the run (optkit.files.locked_dir): a second run into it waits, then
-    refuses; leftovers of killed runs in it are removed."""
+    refuses; leftovers of killed runs in it are removed.
+
+    `resume`: reuse the variants an earlier run finished in `out_dir` (same ids). Ctrl-C stops the
+    run within seconds (optkit.interrupt): the finished variants are written to report.json,
+    marked interrupted, temp files are removed, and KeyboardInterrupt propagates (exit 130)."""
     from optkit import files
 
     with files.locked_dir(out_dir):
-        return _run(plan, out_dir, progress=progress)
+        return _run_interruptible(plan, out_dir, progress=progress, resume=resume)
 
 
-def _run(plan: plan_mod.Plan, out_dir: str, *, progress: bool) -> dict:
+def _run_interruptible(plan: plan_mod.Plan, out_dir: str, *, progress: bool, resume: bool) -> dict:
+    previous = previous_variants(out_dir) if resume else {}
     plan_path = os.path.join(out_dir, "plan.json")
     plan_mod.write(plan, plan_path)
     started = time.perf_counter()
-    pipe = Pipeline(plan, out_dir, progress=progress)
+    pipe = Pipeline(plan, out_dir, progress=progress, previous=previous)
     pipe.started = started
+    from optkit import interrupt
+
+    def write_interrupted():
+        report = pipe.report(started, {"interrupted": True})
+        write_report(report, out_dir)
+        interrupt.remove_temp_files(out_dir)
+        _log(f"interrupted: report of the {sum(r.status != INTERRUPTED for r in pipe.records.values())} "
+             f"finished variant(s) in {out_dir}/report.json; resume with -o {out_dir} --resume")
+        return report
+
+    with interrupt.Interruptible(on_stuck=write_interrupted):
+        try:
+            return _run(pipe, plan, out_dir, plan_path, started, progress)
+        except KeyboardInterrupt:
+            write_interrupted()
+            raise
+
+
+def _run(pipe, plan, out_dir, plan_path, started, progress) -> dict:
     from optkit import keras_io, runner
 
     keras_io.tf()   # TensorFlow from here on; its own logs are quieted by keras_io
@@ -606,22 +755,38 @@ def _run(plan: plan_mod.Plan, out_dir: str, *, progress: bool) -> dict:
         total = None   # the search decides as it goes
     else:
         total = sum(len(v.exports) for v in plan.variants)
-    pipe.bar = _bar(total, "export, validate, bench", progress)
-    try:
-        extra = _run_mode(pipe, plan, plan_path, progress)
-    finally:
-        if pipe.bar is not None:
-            pipe.bar.close()
+    pipe.bar_total = total
+    extra = _run_mode(pipe, plan, plan_path, progress)
     report = pipe.report(started, extra)
     write_report(report, out_dir)
     return report
 
 
+INTERRUPTED = "interrupted"
+
+
+def _refuse_inapplicable_steps(plan: plan_mod.Plan, model) -> None:
+    """An explicit `--step` that cannot apply to the model is the user's mistake: say so before
+    anything trains (exit 2). Recipes skip such a step with its reason instead (make_variant)."""
+    if plan.mode != "chain" or plan.recipe:
+        return
+    from optkit import steps as steps_mod
+
+    for spec in plan.variants[1:]:
+        for plan_step in spec.steps:
+            why = steps_mod.get(plan_step.name).why_not(model)
+            if why:
+                raise UserError(f"--step {plan_step.name} does not apply to {plan.model}: {why}")
+
+
 def _run_mode(pipe: Pipeline, plan: plan_mod.Plan, plan_path: str, progress: bool) -> dict:
     extra = {}
     model = pipe.load_baseline()
+    _refuse_inapplicable_steps(plan, model)
     train_result = None
-    if plan.train_baseline:
+    if pipe.reuse(plan.baseline) is not None:
+        model = None
+    elif plan.train_baseline:
         from optkit import train
 
         _log(f"training the baseline {plan.model} for {plan.epochs} epoch(s) on {plan.data}")
@@ -630,7 +795,10 @@ def _run_mode(pipe: Pipeline, plan: plan_mod.Plan, plan_path: str, progress: boo
         if pipe.strategy is not None:
             train_result.settings.update(strategy=STRATEGY_CLASSES[plan.strategy],
                                          replicas=int(pipe.strategy.num_replicas_in_sync))
-    pipe.add_baseline(model, train_result)
+    if model is not None:
+        pipe.current = plan.baseline.id
+        pipe.add_baseline(model, train_result)
+        pipe.current = None
     if plan.mode == "search" and not plan.search.explored:
         from optkit import search
 
@@ -648,8 +816,11 @@ def _run_mode(pipe: Pipeline, plan: plan_mod.Plan, plan_path: str, progress: boo
         pipe.notes.extend(section["notes"])
         extra = {"ladder": dict(section, recipe=plan.recipe)}
     else:
+        # A recipe is a suggestion: a step that does not apply to this model is skipped with its
+        # reason and the next builds on what came before. An explicit --step was checked above.
+        lenient = plan.recipe is not None
         for spec in plan.variants[1:]:
-            pipe.make_variant(spec)
+            pipe.make_variant(spec, not_applicable=SKIPPED if lenient else FAILED, pass_through=lenient)
         if plan.mode == "search":          # a replayed search: same candidates, same marking
             from optkit import search
 
@@ -685,6 +856,11 @@ def _extra_lines(report: dict) -> List[str]:
     lines = []
     if report.get("search"):
         lines += ["## Search", ""] + [f"- {line}" for line in _search_summary(report["search"]).splitlines()] + [""]
+    if "selected" in report:
+        lines += ["## Selected", "", verdicts.closing_line(report["selected"]), ""]
+    rejected = [v for v in report.get("variants", []) if v.get("status") == verdicts.REJECTED]
+    if rejected:
+        lines += ["## Rejected", ""] + [f"- {v['name']}: {v.get('reason', '')}" for v in rejected] + [""]
     if report.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
     if report.get("failures"):

@@ -114,6 +114,9 @@ class Plan:
     # int8 exporter settings (optkit.quant_debug: quant_report, keep_float, calibration_samples,
     # calibration_method, per_channel) applied to every int8 tflite/onnx export
     int8: Dict[str, Any] = field(default_factory=dict)
+    # Chain runs: a step that costs more than this many points of validation accuracy is rejected;
+    # `selected` must be within it of the baseline (optkit.verdicts).
+    max_accuracy_drop: float = 1.0
     schema: int = PLAN_SCHEMA
 
     @property
@@ -261,10 +264,11 @@ def resolve(*, model: Optional[str] = None, data: Optional[str] = None, recipe: 
         recipe = DEFAULT_RECIPE          # no MODEL: the Lesson 14 ladder (on --data, or the embedded default)
     rec = recipes_mod.get(recipe) if recipe else None
 
-    mode = rec.mode if rec else ("search" if max_accuracy_drop is not None else "chain")
-    if max_accuracy_drop is not None and mode != "search":
-        raise UserError(f"--max-accuracy-drop starts a search; it cannot be combined with "
-                        f"{'recipe ' + rec.name if rec else '--step'} (try --recipe fast-cpu or drop --step)")
+    # Alone, --max-accuracy-drop starts a search; with a chain (--step, a chain recipe) it is the
+    # tolerance each step is judged by.
+    mode = rec.mode if rec else ("search" if max_accuracy_drop is not None and not steps else "chain")
+    if max_accuracy_drop is not None and mode == "ladder":
+        raise UserError("--max-accuracy-drop does not apply to the lesson14 ladder, which shows every rung")
     if (budget is not None or trials is not None) and mode != "search":
         raise UserError("--budget/--trials limit a search: add --max-accuracy-drop PCT")
     if budget is not None and trials is not None:
@@ -337,7 +341,9 @@ def resolve(*, model: Optional[str] = None, data: Optional[str] = None, recipe: 
     return Plan(model=model_ref, data=data, mode=mode, variants=variants,
                 recipe=rec.name if rec else None, model_sha256=sha, train_baseline=train,
                 epochs=epochs, batch_size=batch_size, seed=seed, data_limit=data_limit,
-                strategy=strategy, unsafe=unsafe, tiny=bool(tiny), search=search, int8=int8)
+                strategy=strategy, unsafe=unsafe, tiny=bool(tiny), search=search, int8=int8,
+                max_accuracy_drop=float(max_accuracy_drop) if max_accuracy_drop is not None
+                else (search.max_accuracy_drop if search else 1.0))
 
 
 def _model_ref(model: Optional[str]):
@@ -428,7 +434,7 @@ def load(path: str) -> Plan:
         search = SearchSpec(**doc["search"]) if doc.get("search") else None
         fields = {k: doc[k] for k in ("model", "data", "mode", "recipe", "model_sha256", "train_baseline",
                                       "epochs", "batch_size", "seed", "data_limit", "strategy", "unsafe",
-                                      "tiny", "int8") if k in doc}
+                                      "tiny", "int8", "max_accuracy_drop") if k in doc}
         plan = Plan(variants=variants, search=search, **fields)
     except (KeyError, TypeError) as exc:
         raise UserError(f"{path}: malformed plan ({exc})") from None

@@ -103,6 +103,7 @@ class Variant:
     reason: str = ""
     artifacts: List[Artifact] = field(default_factory=list)
     details: Dict[str, Any] = field(default_factory=dict)
+    reused: bool = False            # taken from an earlier run into the same folder (--resume)
 
     def to_json(self):
         return _clean(self)

@@ -124,11 +124,27 @@ def grid(report: dict) -> Tuple[List[str], List[List[str]]]:
     one row per result for a bench report."""
     check(report)
     if "variants" in report:
-        return _variant_grid(report["variants"])
+        return _variant_grid(report["variants"], report.get("selected"))
     return _results_grid(report["results"])
 
 
-def _variant_grid(variants: List[dict]) -> Tuple[List[str], List[List[str]]]:
+def _accuracy_title(variants: List[dict]) -> str:
+    """"Accuracy (n=36 test images)" when every variant was scored on the same images: a reader
+    needs the n to know what a point is worth (one of 36 images is 2.8 points)."""
+    ns = {(v.get("details") or {}).get("accuracy_n") for v in variants if v.get("accuracy") is not None}
+    return f"Accuracy (n={ns.pop()} test images)" if len(ns) == 1 and None not in ns else "Accuracy"
+
+
+def _verdict_cell(v: dict) -> str:
+    verdict = (v.get("details") or {}).get("verdict")
+    if not verdict:
+        return DASH
+    drop = verdict.get("drop_points")
+    numbers = "" if drop is None else f" ({-drop:+.1f} pts val)"
+    return ("kept" if verdict.get("kept") else "rejected") + numbers
+
+
+def _variant_grid(variants: List[dict], selected: Optional[dict] = None) -> Tuple[List[str], List[List[str]]]:
     """Lesson 14's layout. A variant or artifact that did not run says why in its first cell
     (`failed: reason`) and just its status in the cells below."""
     header = [""] + [v.get("name") or v.get("id") or f"#{i}" for i, v in enumerate(variants)]
@@ -150,10 +166,15 @@ def _variant_grid(variants: List[dict]) -> Tuple[List[str], List[List[str]]]:
     if any("multiply_adds_after" in (s.get("info") or {}) for v in variants for s in v.get("steps") or []):
         rows.append(variant_row("Multiply-adds", lambda v: fmt_int((v.get("details") or {}).get("multiply_adds"))))
     rows += [
-        variant_row("Accuracy", lambda v: fmt_pct(v.get("accuracy"))),
+        variant_row(_accuracy_title(variants), lambda v: fmt_pct(v.get("accuracy"))),
         variant_row("Train time/epoch", lambda v: fmt_s(v.get("train_time_per_epoch_s"))),
         variant_row("Inference time/step", lambda v: fmt_ms(v.get("inference_ms_per_step"))),
     ]
+    if any((v.get("details") or {}).get("verdict") for v in variants):
+        rows.append(["Step kept?"] + [_verdict_cell(v) for v in variants])
+    if selected:
+        rows.append(["Selected"] + [f"◀ {selected['artifact']}" if v.get("id") == selected.get("variant_id")
+                                    else DASH for v in variants])
     # Artifact groups (format + quantization): formats in order of first appearance, each
     # format's quantizations together, so "TFLite int8" sits next to "TFLite".
     seen: List[Tuple[str, str]] = []

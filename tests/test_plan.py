@@ -79,7 +79,7 @@ def test_to_option_parses_format_and_quantization(tmp_path):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(recipe="edge-int8", steps=["prune"]), "either --recipe or --step"),
-    (dict(recipe="lesson14", max_accuracy_drop=1.0), "--max-accuracy-drop starts a search"),
+    (dict(recipe="lesson14", max_accuracy_drop=1.0), "does not apply to the lesson14 ladder"),
     (dict(trials=3), "--budget/--trials limit a search"),
     (dict(max_accuracy_drop=1.0, budget=1.0, trials=2), "either --budget or --trials"),
     (dict(max_accuracy_drop=-1.0), ">= 0"),

@@ -6,6 +6,7 @@ TensorFlow, and `--dry-run` never reaches code that does.
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -28,12 +29,16 @@ from optkit.errors import UserError
 @click.option("--batch-size", type=int, help="Training batch size (default 32).")
 @click.option("-o", "--output", "out_dir", type=click.Path(),
               help="Run directory (default runs/optimize-<timestamp>).")
+@click.option("--resume", is_flag=True, help="Reuse the variants an earlier run finished in -o DIR "
+              "(same model, data, steps and options) and run the rest.")
+@click.option("--force", is_flag=True, help="Write into a non-empty -o DIR without reusing anything.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json (or the plan with --dry-run) on stdout.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved plan and stop (imports no TensorFlow).")
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False),
               help="Replay a plan.json written by an earlier run: same variants, same ids.")
 @click.option("--max-accuracy-drop", type=float, metavar="PCT",
-              help="Accuracy-aware search: keep top-1 within PCT points of the baseline.")
+              help="Points of top-1 accuracy a step may cost (default 1): with --step or a chain recipe, "
+                   "steps losing more are rejected; alone, an accuracy-aware search.")
 @click.option("--budget", type=float, metavar="MIN", help="Search time budget in minutes (default 10).")
 @click.option("--trials", type=int, metavar="N", help="Search: try at most N candidates.")
 @click.option("--strategy", type=click.Choice(plan_mod.STRATEGIES),
@@ -45,16 +50,26 @@ from optkit.errors import UserError
 @click.option("--tiny", is_flag=True, default=None, hidden=True)
 @int8_options(goal=False)
 @click.pass_context
-def optimize_cmd(ctx, model, data, recipe, steps, to, epochs, batch_size, out_dir, as_json, dry_run,
+def optimize_cmd(ctx, model, data, recipe, steps, to, epochs, batch_size, out_dir, resume, force, as_json, dry_run,
                  plan_file, max_accuracy_drop, budget, trials, strategy, unsafe, seed, tiny, **int8):
     """Rewrite, speed up, compress, export, validate and benchmark MODEL; write a report.
 
     With no MODEL and no --data: the embedded demo (the zoo Lesson 14 CNN on synthetic shapes,
     the Lesson 14 ladder, then int8 TFLite and ONNX exports of Naive and Separable), under
     10 minutes on 2 CPU cores. A MODEL with no recipe or step is exported (TFLite, int8 TFLite,
-    ONNX), validated and timed. Exit code 1 if any variant or export failed (skipped ones do not
-    count).
+    ONNX), validated and timed. A step is kept only when it costs at most --max-accuracy-drop
+    points (default 1) of validation accuracy; the run selects the fastest artifact within that
+    of the baseline. Exit code 0 when something was selected and nothing failed, 1 otherwise,
+    2 for usage errors, 130 when interrupted (finished variants are in report.json; --resume).
     """
+    if resume and force:
+        raise UserError("use either --resume (reuse finished variants) or --force (start over), not both")
+    if resume and not out_dir:
+        raise UserError("--resume needs -o DIR, the folder of the run to resume")
+    if out_dir and not dry_run and os.path.isdir(out_dir) and os.listdir(out_dir) and not (resume or force):
+        raise UserError(f"{out_dir} is not empty: add --resume to reuse the variants finished there, "
+                        "or --force to write over it")
+
     if plan_file:
         given = [flag for flag, value in (("MODEL", model), ("--data", data), ("--recipe", recipe),
                                           ("--step", steps), ("--to", to), ("--epochs", epochs),
@@ -83,12 +98,13 @@ def optimize_cmd(ctx, model, data, recipe, steps, to, epochs, batch_size, out_di
     from optkit import optimize   # imports TensorFlow lazily, as it needs it
 
     out_dir = out_dir or optimize.default_out_dir()
-    report = optimize.run(plan, out_dir, progress=True)
+    report = optimize.run(plan, out_dir, progress=True, resume=resume)
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
     else:
         click.echo(optimize.summary(report))
         click.echo(f"\nreport: {out_dir}/report.md, report.html, report.json; replay: "
                    f"optkit optimize --plan {out_dir}/plan.json")
-    if optimize.failures(report):
+    # Exit 0 only when the run hands over something: a selected artifact and no failures.
+    if optimize.failures(report) or not report.get("selected"):
         ctx.exit(1)

@@ -57,6 +57,12 @@ class Step:
     # into such a class, without choices or ranges.)
     options: Any = NoOptions
     kind: str = "compression"   # rewrite | speed | train | compression
+    # model -> why this step cannot apply to it (None: it can). Asked before any training, so an
+    # explicit `--step` that cannot apply is refused up front and a recipe skips it with the reason.
+    check: Optional[Callable[[Any], Optional[str]]] = None
+
+    def why_not(self, model) -> Optional[str]:
+        return self.check(model) if self.check is not None else None
 
     def __post_init__(self):
         if isinstance(self.options, dict):

@@ -71,6 +71,21 @@ def applicable(model) -> bool:
         return False
 
 
+def why_not(model):
+    """Why the step cannot rewrite `model` (None when it can): the reason per Flatten, or why the
+    model cannot be read as Keras 3 at all (a tf_keras model nested in another)."""
+    try:
+        source = keras_io.as_keras3(model)
+    except Exception as exc:   # noqa: BLE001 - conversion failures are the answer here
+        text = " ".join(str(exc).split())[:200]
+        return f"the model cannot be rebuilt as Keras 3 to rewrite its head ({text})"
+    found = heads(source)
+    if any(not h["reason"] for h in found):
+        return None
+    return "no Flatten -> Dense head to rewrite (" + ("; ".join(
+        f"{h['flatten'].name}: {h['reason']}" for h in found) or "the model has no Flatten layer") + ")"
+
+
 def pooled_dense_kernel(kernel: np.ndarray, spatial) -> np.ndarray:
     """(H·W·C, units) Dense kernel after Flatten -> (C, units): summed over the H·W positions."""
     h, w = spatial
@@ -140,4 +155,5 @@ STEP = Step(
     apply=apply,
     options=Options,
     kind="rewrite",
+    check=why_not,
 )
