@@ -74,8 +74,11 @@ def measure(label, fmt, model, quantize, options, data, workdir, args):
     path = os.path.join(workdir, label.replace(" ", "_") + exporters.get(fmt).SUFFIX)
     row = {"technique": label, "format": fmt, "quantize": quantize, "options": options}
     t0 = time.perf_counter()
+    from exporters import _common
+
     try:
-        details = exporters.get(fmt).export(model, path, quantize=quantize, data=data, **options)
+        with _common.quiet_stdout():   # onnxruntime's entropy/percentile calibrators print progress
+            details = exporters.get(fmt).export(model, path, quantize=quantize, data=data, **options)
     except Exception as exc:  # noqa: BLE001 - a row that fails says why; the table goes on
         q = getattr(exc, "quantization", None) or {}
         row.update(status="failed", reason=str(exc).splitlines()[0][:300],

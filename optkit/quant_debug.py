@@ -358,17 +358,19 @@ class OnnxInt8:
 
         return Reader()
 
-    def quantize(self, keep_float: Sequence[str] = (), dst: Optional[str] = None, method: Optional[str] = None) -> str:
+    def quantize(self, keep_float: Sequence[str] = (), dst: Optional[str] = None, method: Optional[str] = None,
+                 per_channel: Optional[bool] = None) -> str:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         method = method or self.method
+        per_channel = self.per_channel if per_channel is None else per_channel
         nodes = resolve_keep_float(keep_float, self.names, self._nodes) if keep_float else None
         dst = dst or tempfile.mktemp(suffix=".onnx", dir=self.workdir)
         calib = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
         quantize_static(self.float_path, dst, self.reader(), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=self.op_types, per_channel=self.per_channel,
+                        op_types_to_quantize=self.op_types, per_channel=per_channel,
                         reduce_range=self.reduce_range, nodes_to_exclude=nodes, calibrate_method=calib,
                         calibration_providers=["CPUExecutionProvider"], extra_options=self.extra_options)
         return dst
@@ -716,8 +718,8 @@ def onnx_int8(model, float_path, dst, samples, *, data, options, op_types=None, 
                            reduce_range=bool(options.get("reduce_range", True)), op_types=op_types,
                            workdir=workdir, symmetric=symmetric)
 
-        def write(keep, method=None):
-            return session.quantize(keep, method=method)
+        def write(keep, method=None, per_channel=None):
+            return session.quantize(keep, method=method, per_channel=per_channel)
 
         path, record = _run(session, write, model, data, options, samples, method=method)
         shutil.copyfile(path, dst)
@@ -734,6 +736,8 @@ def _run(session, write, model, data, options, samples, *, method):
     keep = parse_names(options.get("keep_float"))
     goal = options.get("max_accuracy_drop")
     record = plain_record(session.backend, method, samples)
+    if session.backend == "onnx":
+        record["calibration"]["per_channel"] = session.per_channel
     record["float_layers"] = list(keep)
     rows = None
     if options.get("quant_report") or goal is not None:
@@ -752,22 +756,29 @@ def _run(session, write, model, data, options, samples, *, method):
     full = write([])
     tried_methods = []
     if session.backend == "onnx":
-        # Calibration first: a better range estimate costs nothing at run time, float layers do.
+        # Calibration first: a better range estimate or per-channel weight scales cost nothing at
+        # run time, float layers do. The user's choice first, then the other methods, then the
+        # other weight granularity (per-channel fixed a residual net's wide channel here).
+        pc = session.per_channel
+        choices = [(method, pc)] + [(m, pc) for m in METHODS if m != method] + [(m, not pc) for m in METHODS]
         results = []
-        for m in [method] + [x for x in METHODS if x != method]:
-            p = full if m == method else write([], method=m)
-            results.append((score(p), m, p))
-            tried_methods.append({"method": m, "score": round(results[-1][0], 2)})
+        for m, c in choices:
+            p = full if (m, c) == (method, pc) else write([], method=m, per_channel=c)
+            results.append((score(p), m, c, p))
+            tried_methods.append({"method": m, "per_channel": c, "score": round(results[-1][0], 2)})
             if baseline - results[-1][0] <= goal:
                 break
-        best_score, best_method, best_path = max(results, key=lambda r: r[0])
-        if best_method != method:
-            session.method = method = best_method
+        _, best_method, best_pc, best_path = max(results, key=lambda r: r[0])
+        if (best_method, best_pc) != (method, pc):
+            session.method, session.per_channel = best_method, best_pc
+            method = best_method
             session._diagnoses.clear()
             rows = session.diagnose()
             record["layers"] = [r.to_json() for r in rows]
-            record["calibration"]["method"] = method
+            record["quantizable_layers"] = len(rows)
+            limit = float_limit(len(rows), float(options.get("float_limit") or DEFAULT_FLOAT_LIMIT))
             full = best_path
+        record["calibration"].update(method=session.method, per_channel=session.per_channel)
     path, kept, drop, tried = search(session, write, score, baseline, goal, limit, start=keep,
                                      wiring=producers(model))
     record["goal"] = {"max_drop": goal, "measure": measure, "baseline": round(baseline, 2),
