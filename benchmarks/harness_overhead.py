@@ -91,8 +91,11 @@ def optkit_bench(path, threads, warmup, calls):
     return result["latency_ms"]["p50"], result.get("timed_call")
 
 
-def compare(path, threads, rounds, calls, warmup=20):
+def compare(path, threads, rounds, calls, warmup=20, round_s=0.5):
     bare = bare_litert if path.endswith(".tflite") else bare_onnxruntime
+    # Short rounds keep load drift between the two methods' blocks small: at most `round_s`
+    # seconds of timed calls per method (but at least 50 calls).
+    calls = max(50, min(calls, int(round_s / (bare(path, threads, 5, 20) / 1000.0))))
     ratios, ours, theirs, call = [], [], [], None
     for r in range(rounds):
         if r % 2 == 0:
@@ -104,7 +107,7 @@ def compare(path, threads, rounds, calls, warmup=20):
         theirs.append(b)
         ratios.append(a / b)
     return {"optkit_p50_ms": statistics.median(ours), "bare_p50_ms": statistics.median(theirs),
-            "ratio": statistics.median(ratios), "round_ratios": ratios, "timed_call": call}
+            "ratio": statistics.median(ratios), "round_ratios": ratios, "timed_call": call, "calls": calls}
 
 
 def default_models(cache_dir):
@@ -118,22 +121,24 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="*", help=".tflite/.onnx files (default: the built CNN set)")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--calls", type=int, default=300, help="timed calls per method per round")
+    p.add_argument("--calls", type=int, default=300,
+                   help="timed calls per method per round, at most (fewer for slow models: ~0.5 s a round)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--cache-dir", default=None, help="where the default models are built and kept")
     args = p.parse_args(argv)
     models = list(args.models) or default_models(args.cache_dir or tempfile.mkdtemp(prefix="optkit-overhead-"))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"{args.rounds} interleaved rounds x {args.calls} calls per method; load average {load:.2f} "
+    print(f"{args.rounds} interleaved rounds x up to {args.calls} calls per method; load average {load:.2f} "
           f"on {os.cpu_count()} cores")
-    print(f"{'model':<22} {'threads':>7} {'optkit p50':>12} {'bare p50':>12} {'ratio':>7}  {'timed call':<36} rounds")
+    print(f"{'model':<22} {'threads':>7} {'optkit p50':>12} {'bare p50':>12} {'ratio':>7}  {'timed call':<36} "
+          "calls  rounds")
     worst = 0.0
     for path in models:
         for threads in args.threads:
             res = compare(path, threads, args.rounds, args.calls)
             worst = max(worst, res["ratio"])
             print(f"{os.path.basename(path):<22} {threads:>7} {res['optkit_p50_ms']:>10.4f}ms "
-                  f"{res['bare_p50_ms']:>10.4f}ms {res['ratio']:>7.3f}  {res['timed_call'] or '?':<36} "
+                  f"{res['bare_p50_ms']:>10.4f}ms {res['ratio']:>7.3f}  {res['timed_call'] or '?':<36} {res['calls']:>5}  "
                   + " ".join(f"{x:.3f}" for x in res["round_ratios"]), flush=True)
     verdict = "ok" if worst <= TARGET else "OVER TARGET"
     print(f"harness overhead: worst ratio {worst:.3f} (target <= {TARGET}) {verdict}; ratio = median over "
