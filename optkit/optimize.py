@@ -789,8 +789,10 @@ def _run_mode(pipe: Pipeline, plan: plan_mod.Plan, plan_path: str, progress: boo
     elif plan.train_baseline:
         from optkit import train
 
-        _log(f"training the baseline {plan.model} for {plan.epochs} epoch(s) on {plan.data}")
-        train_result = train.fit(model, pipe.data, epochs=plan.epochs, batch_size=plan.batch_size,
+        epochs = plan.baseline_epochs or plan.epochs
+        _log(f"training the baseline {plan.model} for up to {epochs} epoch(s) on {plan.data} "
+             "(stops early when validation accuracy stalls; the best epoch is kept)")
+        train_result = train.fit(model, pipe.data, epochs=epochs, batch_size=plan.batch_size,
                                  progress=progress, strategy=pipe.strategy, seed=plan.seed)
         if pipe.strategy is not None:
             train_result.settings.update(strategy=STRATEGY_CLASSES[plan.strategy],

@@ -117,6 +117,9 @@ class Plan:
     # Chain runs: a step that costs more than this many points of validation accuracy is rejected;
     # `selected` must be within it of the baseline (optkit.verdicts).
     max_accuracy_drop: float = 1.0
+    # Epoch cap of the baseline's own training when it differs from `epochs` (the ladder's Naive
+    # rung trains from scratch and needs more than a fine-tune; optkit.ladder.NAIVE_EPOCHS).
+    baseline_epochs: Optional[int] = None
     schema: int = PLAN_SCHEMA
 
     @property
@@ -134,7 +137,9 @@ class Plan:
                  f"data:     {self.data or '(none: exports and latency only)'}"
                  + (f"  (first {self.data_limit} samples)" if self.data_limit else ""),
                  f"mode:     {self.mode}" + (f"  (recipe {self.recipe})" if self.recipe else ""),
-                 f"training: {self.epochs} epoch(s), batch {self.batch_size}, seed {self.seed}"
+                 f"training: up to {self.epochs} epoch(s)"
+                 + (f" ({self.baseline_epochs} for the baseline)" if self.baseline_epochs else "")
+                 + f", early stopping on validation, batch {self.batch_size}, seed {self.seed}"
                  + (f", strategy {self.strategy}" if self.strategy else "")
                  + ("  [tiny schedule]" if self.tiny else "")]
         if self.search:
@@ -275,6 +280,7 @@ def resolve(*, model: Optional[str] = None, data: Optional[str] = None, recipe: 
         raise UserError("use either --budget or --trials, not both")
 
     defaults = rec.defaults if rec else {}
+    given_epochs = epochs or defaults.get("epochs")
     epochs = epochs or defaults.get("epochs") or (TINY["epochs"] if tiny else DEFAULT_EPOCHS)
     batch_size = batch_size or defaults.get("batch_size") or DEFAULT_BATCH_SIZE
     seed = seed if seed is not None else defaults.get("seed", 0)
@@ -323,7 +329,12 @@ def resolve(*, model: Optional[str] = None, data: Optional[str] = None, recipe: 
         search = SearchSpec(max_accuracy_drop=float(goal), budget_minutes=budget, trials=trials,
                             objective=rec.objective if rec else "size")
 
-    base = VariantSpec(id=baseline_id(model_ref, sha, data, train=train, epochs=epochs,
+    baseline_epochs = None
+    if mode == "ladder" and not given_epochs and not tiny:
+        from optkit import ladder
+
+        baseline_epochs = ladder.NAIVE_EPOCHS
+    base = VariantSpec(id=baseline_id(model_ref, sha, data, train=train, epochs=baseline_epochs or epochs,
                                       batch_size=batch_size, seed=seed, data_limit=data_limit),
                        name="baseline", parent=None, exports=exports)
     variants = [base]
@@ -343,7 +354,8 @@ def resolve(*, model: Optional[str] = None, data: Optional[str] = None, recipe: 
                 epochs=epochs, batch_size=batch_size, seed=seed, data_limit=data_limit,
                 strategy=strategy, unsafe=unsafe, tiny=bool(tiny), search=search, int8=int8,
                 max_accuracy_drop=float(max_accuracy_drop) if max_accuracy_drop is not None
-                else (search.max_accuracy_drop if search else 1.0))
+                else (search.max_accuracy_drop if search else 1.0),
+                baseline_epochs=baseline_epochs)
 
 
 def _model_ref(model: Optional[str]):
@@ -434,7 +446,7 @@ def load(path: str) -> Plan:
         search = SearchSpec(**doc["search"]) if doc.get("search") else None
         fields = {k: doc[k] for k in ("model", "data", "mode", "recipe", "model_sha256", "train_baseline",
                                       "epochs", "batch_size", "seed", "data_limit", "strategy", "unsafe",
-                                      "tiny", "int8", "max_accuracy_drop") if k in doc}
+                                      "tiny", "int8", "max_accuracy_drop", "baseline_epochs") if k in doc}
         plan = Plan(variants=variants, search=search, **fields)
     except (KeyError, TypeError) as exc:
         raise UserError(f"{path}: malformed plan ({exc})") from None

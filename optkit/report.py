@@ -285,6 +285,32 @@ def env_summary(report: dict) -> str:
 # Renderings
 
 
+def footnotes(report: dict) -> List[str]:
+    """What the per-variant rows measure, from the report itself: Lesson 14's table gives per-step
+    and per-epoch figures, and a reader comparing with it needs the batch, steps and runtime."""
+    variants = report.get("variants") or []
+    plan, data = report.get("plan") or {}, report.get("data") or {}
+    tf_version = ((report.get("env") or {}).get("packages") or {}).get("tensorflow")
+    runtime = f"TensorFlow {tf_version}" if tf_version else "TensorFlow"
+    notes = []
+    if any(v.get("train_time_per_epoch_s") is not None for v in variants):
+        n, batch = data.get("train"), plan.get("batch_size")
+        known = isinstance(n, int) and isinstance(batch, int) and batch > 0
+        what = f"the {n} training images at batch {batch} = {-(-n // batch)} steps" if known else "the training images"
+        notes.append(f"Train time/epoch: wall time of one pass over {what}, plus the validation pass; median of "
+                     f"the epochs after the first (which holds tracing/compilation); {runtime}, CPU.")
+    inference = next(((v.get("details") or {}).get("inference") for v in variants
+                      if (v.get("details") or {}).get("inference")), None)
+    if inference:
+        notes.append(f"Inference time/step: median ms of one forward pass on a batch of {inference.get('batch', '?')} "
+                     f"images through {inference.get('path', 'Keras')}; {runtime}, CPU. Artifact latencies are "
+                     "per image (batch 1) on the runtime named in their row.")
+    if any((v.get("details") or {}).get("accuracy_n") for v in variants):
+        notes.append("Accuracy: top-1 on the n held-out test images in the row's title (never trained on); "
+                     "one image is 100/n points.")
+    return notes
+
+
 def lesson14_table(report: dict) -> str:
     """The terminal table: columns padded, first column left-aligned, numbers right-aligned."""
     header, rows = grid(report)
@@ -297,6 +323,9 @@ def lesson14_table(report: dict) -> str:
 
     rule = "  ".join("-" * w for w in widths)
     text = [line(header), rule] + [line(r) for r in rows]
+    notes = footnotes(report)
+    if notes:
+        text += [""] + [f"* {n}" for n in notes]
     summary = env_summary(report)
     if summary:
         text += ["", f"env: {summary}"]
@@ -316,6 +345,9 @@ def to_markdown(report: dict) -> str:
     out.append("| " + " | ".join(esc(c) for c in header) + " |")
     out.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
     out += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    notes = footnotes(report)
+    if notes:
+        out += [""] + [f"- {n}" for n in notes]
     return "\n".join(out) + "\n"
 
 
@@ -373,6 +405,7 @@ def to_html(report: dict, plots: bool = True) -> str:
         f'<table id="report-table"><thead><tr>{head}</tr></thead>\n<tbody>\n'
         + "\n".join(body)
         + "\n</tbody></table></div>\n"
+        + "".join(f'<p class="footnote">{e(n)}</p>\n' for n in footnotes(report))
         + ("<h2>Plots</h2>\n" + "\n".join(figures) + "\n" if figures else "")
         + "<details><summary>report.json</summary><pre>"
         + e(json.dumps(_without_samples(report), indent=1))

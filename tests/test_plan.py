@@ -303,3 +303,14 @@ def test_a_bad_step_option_fails_the_dry_run_with_exit_2_and_no_tensorflow(spec,
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "EXIT 2 TF False", proc.stdout + proc.stderr
     assert proc.stderr.strip() == f"optkit: error: {message}"
+
+
+def test_the_ladder_gives_naive_a_longer_epoch_cap_unless_epochs_are_given():
+    from optkit import ladder
+
+    plan = plan_mod.resolve()
+    assert plan.baseline_epochs == ladder.NAIVE_EPOCHS > plan.epochs
+    assert "10 for the baseline" in plan.describe() and "early stopping" in plan.describe()
+    assert plan_mod.resolve(epochs=2).baseline_epochs is None
+    assert plan_mod.resolve(tiny=True).baseline_epochs is None
+    assert plan.baseline.id != plan_mod.resolve(epochs=plan.epochs).baseline.id   # a different training run

@@ -201,3 +201,16 @@ def test_markdown_notes_become_html_and_markup_in_them_is_escaped():
     page = report.markdown_html("## Notes\n\n- kept: `jit`\n- layer <class 'X'> & more")
     assert "<h2>Notes</h2>" in page and "<li>kept: <code>jit</code></li>" in page
     assert "&lt;class 'X'&gt; &amp; more" in page and "<class" not in page
+
+
+def test_footnotes_say_what_the_per_step_and_per_epoch_rows_measure():
+    doc = {"plan": {"batch_size": 32}, "data": {"train": 1400},
+           "env": {"packages": {"tensorflow": "2.21.0"}},
+           "variants": [{"name": "Naive", "train_time_per_epoch_s": 5.0, "inference_ms_per_step": 3.0,
+                         "accuracy": 0.8, "details": {"accuracy_n": 300, "inference": {
+                             "batch": 32, "path": "keras_io.predict (compiled tf.function)"}}}]}
+    notes = report.footnotes(doc)
+    assert "1400 training images at batch 32 = 44 steps" in notes[0] and "TensorFlow 2.21.0" in notes[0]
+    assert "batch of 32 images" in notes[1] and "batch 1" in notes[1]
+    assert "100/n points" in notes[2]
+    assert report.grid(doc)[1][1][0] == "Accuracy (n=300 test images)"

@@ -28,8 +28,10 @@ def apply(model, ctx, *, epochs=-1):
     # A copy: the parent's model stays as it was (its own variant).
     new = keras_io.clone(model)
     train.copy_training_config(model, new)
+    # keep_start: training further never hands back weights worse on validation than it started
+    # from (the ladder's speed rungs then match Separable, which keeps its exact rewrite the same way).
     result = train.fit(new, data, epochs=epochs, batch_size=ctx.batch_size, progress=ctx.progress,
-                       seed=ctx.seed, strategy=(ctx.extra or {}).get("strategy"))
+                       seed=ctx.seed, strategy=(ctx.extra or {}).get("strategy"), keep_start=True)
     return StepResult(new, {"training": result.to_json()})
 
 
