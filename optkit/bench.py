@@ -99,10 +99,32 @@ def _eval_batch(predictor, batch: int) -> int:
 
 
 def accuracy(predictor, x: np.ndarray, y: np.ndarray, batch: int = 1) -> float:
-    """Top-1 accuracy of the first output on labelled data."""
+    """Top-1 accuracy (pixel accuracy for segmentation) of the first output on labelled data."""
+    return score(predictor, x, y, batch)["accuracy"]
+
+
+def score(predictor, x: np.ndarray, y: np.ndarray, batch: int = 1) -> dict:
+    """optkit.metrics' score of the first output: accuracy, n (and miou for segmentation)."""
     from optkit import metrics
 
-    return metrics.accuracy(_chunks(predictor, [x], max(1, batch))[0], y)
+    return metrics.score(_chunks(predictor, [x], max(1, batch))[0], y)
+
+
+def labelled_samples(dataset, path: str, preprocess: Optional[str] = None, say=None):
+    """(x in the artifact's input space, labels, contract name) from a Dataset: every sample of a
+    --data source loaded here (all splits), the test split of a Dataset given by a caller. Pixels
+    go through the contract: --preprocess, else the one stored with the artifact, else unit."""
+    from optkit import contract as contract_mod
+
+    if getattr(dataset, "y_test", None) is None:
+        return None, None, None
+    splits = ("train", "val", "test") if (getattr(dataset, "details", None) or {}).get("bench_all") else ("test",)
+    x = np.concatenate([getattr(dataset, f"x_{s}") for s in splits])
+    y = np.concatenate([getattr(dataset, f"y_{s}") for s in splits])
+    if (getattr(dataset, "details", None) or {}).get("space") != "pixels":
+        return x, y, "as given"
+    contract = contract_mod.resolve(preprocess, path=path, say=say or (lambda m: None))
+    return contract.to_model(x), y, contract.name
 
 
 def agreement(outputs: List[np.ndarray], reference: List[np.ndarray]) -> dict:
@@ -122,11 +144,14 @@ def agreement(outputs: List[np.ndarray], reference: List[np.ndarray]) -> dict:
 def bench(paths: Sequence[str], runtimes: Sequence[str] = (), threads: Optional[int] = None,
           batch: int = 1, warmup: int = WARMUP, min_time: float = MIN_TIME_S,
           min_runs: int = MIN_RUNS, max_runs: int = MAX_RUNS, data=None,
-          reference: Optional[str] = None, progress: Optional[Callable[[str], None]] = None) -> dict:
+          reference: Optional[str] = None, progress: Optional[Callable[[str], None]] = None,
+          preprocess: Optional[str] = None) -> dict:
     """Bench every artifact on every applicable runtime; returns the `bench --json` document.
 
     `data`: an optkit.data Dataset, a --data source string (loaded at each model's input shape)
-    or None. With it, each result gets `accuracy` on x_test/y_test. Without it, each result
+    or None. With it, each result gets `accuracy` and `accuracy_n` (every sample of a --data
+    source; the test split of a Dataset), fed through the artifact's input contract
+    (`preprocess`, else the one stored with it, else unit). Without it, each result
     gets `agreement` with a reference — `reference` if given, else the first artifact that
     ran — on the same random inputs.
 
@@ -157,7 +182,7 @@ def bench(paths: Sequence[str], runtimes: Sequence[str] = (), threads: Optional[
         for runtime in names:
             say(f"bench: {path} on {runtime} ({threads} threads, batch {batch})")
             result = _bench_one(path, runtime, threads, batch, warmup, min_time, min_runs, max_runs,
-                                data, datasets, ref)
+                                data, datasets, ref, preprocess, say)
             results.append(result)
     return {"schema": 1, "env": env_mod.fingerprint(threads=threads), "results": results}
 
@@ -172,12 +197,15 @@ def _dataset_for(data, predictor, cache):
     if key not in cache:
         from optkit.data import load_data
 
-        cache[key] = load_data(data, input_shape=shape, num_classes=classes)
+        # Every labelled sample given counts (no split: bench trains nothing).
+        loaded = load_data(data, input_shape=shape, num_classes=classes, val_fraction=0, test_fraction=0)
+        loaded.details["bench_all"] = True
+        cache[key] = loaded
     return cache[key]
 
 
 def _bench_one(path, runtime, threads, batch, warmup, min_time, min_runs, max_runs, data,
-               datasets, ref) -> dict:
+               datasets, ref, preprocess=None, say=None) -> dict:
     base = {"path": path, "format": runner.artifact_format(path), "runtime": runtime,
             "threads": threads, "batch": batch, "accuracy": None}
     import_ms = None
@@ -207,10 +235,12 @@ def _bench_one(path, runtime, threads, batch, warmup, min_time, min_runs, max_ru
         result["import_ms"] = import_ms
     try:
         dataset = _dataset_for(data, predictor, datasets)
-        if dataset is not None:
-            result["accuracy"] = accuracy(predictor, dataset.x_test, dataset.y_test,
-                                          _eval_batch(predictor, batch))
-            result["accuracy_n"] = int(len(dataset.y_test))
+        x, y, contract = labelled_samples(dataset, path, preprocess, say) if dataset is not None else (None,) * 3
+        if y is not None:
+            scored = score(predictor, x, y, _eval_batch(predictor, batch))
+            result.update(accuracy=scored["accuracy"], accuracy_n=int(scored["n"]), preprocess=contract)
+            if scored.get("miou") is not None:
+                result["miou"] = scored["miou"]
         elif not ref:
             ref["x"] = runner.random_inputs(predictor.inputs, batch=AGREEMENT_SAMPLES, seed=1)
             ref["outputs"] = _chunks(predictor, ref["x"], batch)

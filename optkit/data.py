@@ -2,17 +2,26 @@
 
 Sources:
 - a directory with one sub-folder of images per class (class names = sorted folder names);
-- a `.npz` with `x` (N,H,W[,C], uint8 0-255 or float) and `y` (N integer labels, or one-hot),
-  optionally `class_names`;
-- `tfds:NAME` (or `tfds:NAME?split=train`): a TensorFlow Datasets set already in the local tfds
-  cache; nothing is downloaded (needs the tensorflow-datasets package);
+- a directory with `images/` and `masks/` (same file stems; masks hold class indices per pixel):
+  a segmentation set; a directory of images with no sub-folders: images only (no labels);
+- a `.npz` with `x` (N,H,W[,C], uint8 0-255 or float) and `y` (N integer labels, one-hot rows,
+  or N,H,W segmentation masks), optionally `class_names`; `x` alone: images only;
+- `keras:NAME` (mnist, fashion_mnist, cifar10, cifar100): keras.datasets, read from its cache
+  (KERAS_HOME or ~/.keras, `datasets/`), downloaded by Keras when missing unless offline;
+- `tfds:NAME` (or `tfds:NAME?split=train`): a TensorFlow Datasets set, downloaded by tfds when
+  missing unless offline (needs the tensorflow-datasets package);
 - `synthetic:shapes[?n=3000&size=32&classes=10&seed=0]`: ten procedurally drawn shape classes
   (the embedded default, see `synthetic_shapes`), drawn at the model's input size unless
   `size` is given; without `n` or a limit, large images get fewer than 3,000 samples (~200 MB).
 
-Every image comes back float32 in [0, 1], NHWC, resized to `input_shape[:2]` and converted to
-`input_shape[2]` channels (gray <-> RGB); labels are int64. Pure numpy + Pillow: TensorFlow is
-imported only for `tfds:`. Anything wrong with the source is a one-line UserError.
+Every image comes back float32 pixels / 255 (in [0, 1]), NHWC, resized to `input_shape[:2]` and
+converted to `input_shape[2]` channels (gray <-> RGB); labels are int64 (masks resized nearest).
+optkit.contract maps these pixels into a model's input space. Float data with negative values
+cannot be pixels: it is kept as given (`details["space"] == "model"`, e.g. [-1, 1] for a
+preprocess_input "tf" model). Unlabelled sources give `y_* = None` (`Dataset.labelled` False).
+Offline (`offline=True` or OPTKIT_OFFLINE=1): nothing is downloaded. Pure numpy + Pillow:
+TensorFlow is imported only for `tfds:` and `keras:`. Anything wrong with the source is a
+one-line UserError.
 """
 from __future__ import annotations
 
@@ -56,12 +65,24 @@ class Dataset:
     details: dict = field(default_factory=dict)   # e.g. synthetic generator options
 
     def __len__(self):
-        return len(self.y_train) + len(self.y_val) + len(self.y_test)
+        return len(self.x_train) + len(self.x_val) + len(self.x_test)
+
+    @property
+    def labelled(self) -> bool:
+        return self.y_test is not None
+
+    @property
+    def task(self) -> str:
+        """"segmentation" (masks N,H,W), "classification" (N labels) or "unlabelled"."""
+        if self.y_test is None:
+            return "unlabelled"
+        return "segmentation" if self.y_test.ndim == 3 else "classification"
 
 
 def load_data(src: Optional[str] = None, *, input_shape: Optional[Sequence[int]] = None,
               num_classes: Optional[int] = None, seed: int = 0, limit: Optional[int] = None,
-              val_fraction: float = VAL_FRACTION, test_fraction: float = TEST_FRACTION) -> Dataset:
+              val_fraction: float = VAL_FRACTION, test_fraction: float = TEST_FRACTION,
+              offline: Optional[bool] = None) -> Dataset:
     """Load `src` (default `synthetic:shapes`) as a shuffled, split Dataset.
 
     `input_shape` (H, W, C) is what the model takes (default: the source's own size; 3 channels
@@ -69,8 +90,10 @@ def load_data(src: Optional[str] = None, *, input_shape: Optional[Sequence[int]]
     `num_classes` is the model's output count: a source with more classes (or labels out of
     range) is a UserError; fewer is allowed (the extra outputs are never the right answer).
     `limit` caps the number of samples before splitting; `seed` fixes the shuffle (and the
-    synthetic drawing).
+    synthetic drawing). `offline` (default: OPTKIT_OFFLINE=1) forbids downloads.
     """
+    if offline is None:
+        offline = os.environ.get("OPTKIT_OFFLINE", "") not in ("", "0")
     src = DEFAULT_SOURCE if src is None else str(src)
     wanted = _check_shape(input_shape)
     # Loaders get a complete shape or none; a model with dynamic H/W takes the source's size.
@@ -87,16 +110,18 @@ def load_data(src: Optional[str] = None, *, input_shape: Optional[Sequence[int]]
     if src.startswith("synthetic:"):
         x, y, names, details = _load_synthetic(src, shape, num_classes, seed, limit)
     elif src.startswith("tfds:"):
-        x, y, names = _load_tfds(src, limit)
+        x, y, names = _load_tfds(src, limit, offline)
+    elif src.startswith("keras:"):
+        x, y, names = _load_keras(src, offline)
     elif os.path.isdir(src):
         x, y, names = _load_folder(src, shape, seed, limit)
     elif src.lower().endswith(".npz") or os.path.isfile(src):
         x, y, names = _load_npz(src)
     else:
         raise UserError(f"--data {src}: no such file or directory (expected an image folder, a .npz, "
-                        "tfds:NAME or synthetic:shapes)")
+                        "keras:NAME, tfds:NAME or synthetic:shapes)")
 
-    if len(x) != len(y):
+    if y is not None and len(x) != len(y):
         raise UserError(f"--data {src}: {len(x)} images but {len(y)} labels")
     if len(x) == 0:
         raise UserError(f"--data {src}: no samples")
@@ -104,10 +129,45 @@ def load_data(src: Optional[str] = None, *, input_shape: Optional[Sequence[int]]
     order = np.random.default_rng(seed).permutation(len(x))
     if limit is not None:
         order = order[:limit]
-    x, y = x[order], y[order]
+    x = _to_unit_float(x[order], src)
+    y = y[order] if y is not None else None
     target = shape or _default_shape(x, wanted)
-    x = _shape_images(x, target)
-    return _split(x, y.astype(np.int64), names, target, src, val_fraction, test_fraction, details)
+    # Pixels never go below 0: negative values mean the data is already in a model's input space.
+    space = "model" if x.size and float(x.min()) < 0 else "pixels"
+    details = dict(details, space=space)
+    if space == "model":
+        details["value_range"] = [float(x.min()), float(x.max())]
+    x = _shape_images(x, target, clip=space == "pixels")
+    if y is not None and y.ndim == 3:
+        y = _shape_masks(y, target[:2])
+    return _split(x, None if y is None else y.astype(np.int64), names, target, src, val_fraction,
+                  test_fraction, details)
+
+
+# Below these sizes a figure is said to be shaky: int8 calibration on fewer than ~100 images
+# misses the activation ranges of rarer inputs (TFLite's converter suggests 100-500 samples),
+# and with fewer than 10 test images per class one image moves accuracy by 10 points or more.
+MIN_CALIBRATION_IMAGES = 100
+MIN_EVAL_PER_CLASS = 10
+
+
+def size_warnings(data) -> List[str]:
+    """One line per reason to distrust figures computed on `data` (calibration = training
+    split, evaluation = test split): the line to print and the note to keep in the report."""
+    lines = []
+    n_cal = len(data.x_train)
+    if n_cal < MIN_CALIBRATION_IMAGES:
+        lines.append(f"only {n_cal} calibration images (< {MIN_CALIBRATION_IMAGES}): int8 ranges may miss "
+                     "real inputs; give more data")
+    y = data.y_test
+    if y is not None and y.ndim == 1 and len(y):
+        counts = np.bincount(y, minlength=max(1, data.num_classes))
+        seen = counts[counts > 0]
+        if seen.min() < MIN_EVAL_PER_CLASS:
+            lines.append(f"accuracy is measured on {len(y)} test images ({int(seen.min())} in the smallest "
+                         f"class, < {MIN_EVAL_PER_CLASS} per class): one image moves it by "
+                         f"{100 / len(y):.1f} points")
+    return lines
 
 
 # ------------------------------------------------------------------------------------ checks
@@ -128,8 +188,11 @@ def _check_shape(input_shape):
 
 
 def _check_classes(src, y, names, num_classes):
-    if y.ndim != 1:
-        raise UserError(f"--data {src}: labels must be one integer per sample, got shape {y.shape}")
+    if y is None:   # images only: the model's outputs name the classes, if any
+        return list(names or [f"class_{i}" for i in range(num_classes or 0)])
+    if y.ndim not in (1, 3):
+        raise UserError(f"--data {src}: labels must be one integer per sample or an H,W mask per "
+                        f"image, got shape {y.shape}")
     if len(y) and y.min() < 0:
         raise UserError(f"--data {src}: labels must be >= 0 (found {int(y.min())})")
     found = len(names) if names else int(y.max()) + 1
@@ -156,7 +219,8 @@ def _default_shape(x, wanted=None):
 
 
 def _to_unit_float(x, src=""):
-    """uint8 0-255 -> /255; floats already in [0, 1] kept; floats in (1, 255] taken as 0-255."""
+    """uint8 0-255 -> /255; floats already in [0, 1] kept; floats in (1, 255] taken as 0-255;
+    values below 0 are not pixels: kept as given (the data is in a model's input space)."""
     if x.dtype == np.uint8:
         return x.astype(np.float32) / 255.0
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
@@ -165,19 +229,32 @@ def _to_unit_float(x, src=""):
     if x.size and not np.isfinite(x).all():
         raise UserError(f"--data {src}: images contain NaN or infinite values")
     lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
-    if lo < 0 or hi > 255:
-        raise UserError(f"--data {src}: pixel values must be in [0, 1] or [0, 255], found [{lo:g}, {hi:g}]")
+    if lo < 0:
+        return x
+    if hi > 255:
+        raise UserError(f"--data {src}: pixel values must be in [0, 1] or [0, 255] (or data already in the "
+                        f"model's input space, with negative values), found [{lo:g}, {hi:g}]")
     return x / 255.0 if hi > 1.0 else x
 
 
-def _shape_images(x, shape):
+def _shape_images(x, shape, clip=True):
     """float [0, 1] NHW/NHWC -> float32 NHWC at shape (H, W, C)."""
     if x.ndim == 3:
         x = x[..., None]
     h, w, c = shape
     if x.shape[1:3] != (h, w):
-        x = _resize(x, h, w)
+        x = _resize(x, h, w, clip)
     return _convert_channels(x, c).astype(np.float32, copy=False)
+
+
+def _shape_masks(y, size):
+    """Masks N,H,W -> N,h,w by nearest neighbour (class indices must not be blended)."""
+    h, w = size
+    if y.shape[1:3] == (h, w):
+        return y
+    rows = (np.arange(h) * y.shape[1] // h)
+    cols = (np.arange(w) * y.shape[2] // w)
+    return y[:, rows][:, :, cols]
 
 
 def _pillow():
@@ -189,7 +266,7 @@ def _pillow():
     return Image
 
 
-def _resize(x, h, w):
+def _resize(x, h, w, clip=True):
     """Bilinear resize, one channel at a time in Pillow's float mode (no 8-bit rounding)."""
     Image = _pillow()
 
@@ -198,7 +275,7 @@ def _resize(x, h, w):
         for ch in range(x.shape[3]):
             img = Image.fromarray(np.ascontiguousarray(x[i, :, :, ch], dtype=np.float32), mode="F")
             out[i, :, :, ch] = np.asarray(img.resize((w, h), Image.BILINEAR))
-    return np.clip(out, 0.0, 1.0)
+    return np.clip(out, 0.0, 1.0) if clip else out
 
 
 def _convert_channels(x, c):
@@ -226,8 +303,13 @@ def _split(x, y, names, shape, src, val_fraction, test_fraction, details):
     n_val = max(1, int(round(n * val_fraction))) if val_fraction > 0 else 0
     if n - n_test - n_val < 1:
         raise UserError(f"--data {src}: {n} samples are too few to split into train/validation/test")
-    train, val, test = stratified_split(y, n_val, n_test)
-    return Dataset(x[train], y[train], x[val], y[val], x[test], y[test], class_names=list(names),
+    if y is not None and y.ndim == 1:
+        train, val, test = stratified_split(y, n_val, n_test)
+    else:   # masks or no labels: nothing to stratify on
+        a, b = n - n_val - n_test, n - n_test
+        train, val, test = np.arange(a), np.arange(a, b), np.arange(b, n)
+    ys = (None, None, None) if y is None else (y[train], y[val], y[test])
+    return Dataset(x[train], ys[0], x[val], ys[1], x[test], ys[2], class_names=list(names),
                    num_classes=len(names), input_shape=tuple(int(d) for d in shape), source=src,
                    details=details)
 
@@ -282,6 +364,9 @@ def is_small(y) -> bool:
 
 def split_summary(ds: "Dataset") -> dict:
     """Split sizes and per-class counts, for report.json."""
+    if ds.task != "classification":   # masks or no labels: sizes only
+        return {"train": int(len(ds.x_train)), "val": int(len(ds.x_val)), "test": int(len(ds.x_test)),
+                "task": ds.task, "stratified": False}
     return {"train": int(len(ds.y_train)), "val": int(len(ds.y_val)), "test": int(len(ds.y_test)),
             "per_class": {split: class_counts(getattr(ds, f"y_{split}"), ds.num_classes)
                           for split in ("train", "val", "test")},
@@ -290,6 +375,8 @@ def split_summary(ds: "Dataset") -> dict:
 
 def small_data_note(ds: "Dataset") -> Optional[str]:
     """One line when the data is too small to fine-tune and score reliably, else None."""
+    if ds.task != "classification":
+        return None
     y = np.concatenate([ds.y_train, ds.y_val, ds.y_test])
     if not is_small(y):
         return None
@@ -305,51 +392,97 @@ def small_data_note(ds: "Dataset") -> Optional[str]:
 
 
 def _load_folder(root, shape, seed, limit):
-    Image = _pillow()
-    from PIL import UnidentifiedImageError
-
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+    if {"images", "masks"} <= set(classes):
+        return _load_segmentation_folder(root, shape)
     if not classes:
-        raise UserError(f"--data {root}: expected one sub-folder of images per class, found no sub-folders")
+        loose = _image_files(root)
+        if not loose:
+            raise UserError(f"--data {root}: expected one sub-folder of images per class, images/ and "
+                            "masks/, or image files; found none")
+        x = _read_images([os.path.join(root, f) for f in loose], shape)
+        return x, None, None
     files, labels = [], []
     for label, name in enumerate(classes):
         folder = os.path.join(root, name)
-        images = sorted(f for f in os.listdir(folder)
-                        if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+        images = _image_files(folder)
         if not images:
             raise UserError(f"--data {root}: class folder '{name}' has no images "
                             f"({', '.join(IMAGE_EXTENSIONS)})")
         files += [os.path.join(folder, f) for f in images]
         labels += [label] * len(images)
 
-    def read(path):
-        try:
-            with Image.open(path) as img:
-                img.load()
-                return img.copy()
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise UserError(f"--data: cannot read image {path}: {' '.join(str(exc).split())}") from None
-
-    if shape is None:   # the first image of the first class, whatever `limit` keeps
-        first = read(files[0])
-        gray = first.mode in ("1", "L", "I", "I;16", "F")
-        shape = (first.height, first.width, 1 if gray else 3)
     labels = np.asarray(labels, np.int64)
+    if shape is None:   # the first image of the first class, whatever `limit` keeps
+        shape = _image_shape(_read_image(files[0]))
     if limit is not None and limit < len(files):
         # Read only the images that will be used: the same permutation load_data applies later.
+        # The kept samples are renumbered 0..limit-1 so load_data's own permutation keeps them all.
         keep = np.sort(np.random.default_rng(seed).permutation(len(files))[:limit])
         files, labels = [files[i] for i in keep], labels[keep]
+    return _read_images(files, shape), labels, classes
+
+
+def _image_files(folder):
+    return sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+
+
+def _read_image(path):
+    Image = _pillow()
+    from PIL import UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.copy()
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise UserError(f"--data: cannot read image {path}: {' '.join(str(exc).split())}") from None
+
+
+def _image_shape(img):
+    gray = img.mode in ("1", "L", "I", "I;16", "F")
+    return (img.height, img.width, 1 if gray else 3)
+
+
+def _read_images(files, shape):
+    """uint8 N,H,W,C at `shape` (default: the first image's size; gray stays 1 channel)."""
+    Image = _pillow()
+    if shape is None:
+        shape = _image_shape(_read_image(files[0]))
     h, w, c = shape
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[c]
     x = np.empty((len(files), h, w, c), np.uint8)
     for i, path in enumerate(files):
-        img = read(path)
+        img = _read_image(path)
         if img.mode != mode:
             img = img.convert(mode)
         if img.size != (w, h):
             img = img.resize((w, h), Image.BILINEAR)
         x[i] = np.asarray(img).reshape(h, w, c)
-    return _to_unit_float(x), labels, classes
+    return x
+
+
+def _load_segmentation_folder(root, shape):
+    """images/NAME.* with masks/NAME.* (class index per pixel, e.g. a palette or gray PNG)."""
+    images = _image_files(os.path.join(root, "images"))
+    masks = {os.path.splitext(f)[0]: f for f in _image_files(os.path.join(root, "masks"))}
+    missing = [f for f in images if os.path.splitext(f)[0] not in masks]
+    if not images:
+        raise UserError(f"--data {root}: images/ holds no images")
+    if missing:
+        raise UserError(f"--data {root}: {len(missing)} image(s) without a mask in masks/ (e.g. {missing[0]})")
+    x = _read_images([os.path.join(root, "images", f) for f in images], shape)
+    y = np.empty(x.shape[:3], np.int64)
+    for i, f in enumerate(images):
+        mask = _read_image(os.path.join(root, "masks", masks[os.path.splitext(f)[0]]))
+        if mask.mode not in ("L", "P", "I", "1"):
+            raise UserError(f"--data {root}: mask {masks[os.path.splitext(f)[0]]} must hold one class index "
+                            f"per pixel (a gray or palette image), not mode {mask.mode}")
+        m = np.asarray(mask)
+        if m.shape != x.shape[1:3]:
+            m = _shape_masks(m[None], x.shape[1:3])[0]
+        y[i] = m
+    return x, y, None
 
 
 def _load_npz(path):
@@ -358,10 +491,11 @@ def _load_npz(path):
     try:
         with np.load(path, allow_pickle=False) as archive:
             keys = set(archive.files)
-            if not {"x", "y"} <= keys:
-                raise UserError(f"--data {path}: a .npz needs arrays 'x' (images) and 'y' (labels); "
+            if "x" not in keys:
+                raise UserError(f"--data {path}: a .npz needs an array 'x' (images) and, for labels, 'y'; "
                                 f"found {sorted(keys) or 'none'}")
-            x, y = archive["x"], archive["y"]
+            x = archive["x"]
+            y = archive["y"] if "y" in keys else None
             names = [str(n) for n in archive["class_names"]] if "class_names" in keys else None
     except UserError:
         raise
@@ -372,13 +506,19 @@ def _load_npz(path):
         raise UserError(f"--data {path}: 'x' must be N,H,W or N,H,W,C images, got shape {x.shape}")
     if x.ndim == 4 and x.shape[3] not in (1, 3, 4):
         raise UserError(f"--data {path}: 'x' has {x.shape[3]} channels; expected 1, 3 or 4 (NHWC)")
+    if y is None:
+        return x, None, names
     y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
+    if y.ndim == 3 or (y.ndim == 4 and y.shape[3] == 1):     # segmentation masks
+        y = y.reshape(y.shape[:3])
+        if y.shape[1:3] != x.shape[1:3]:
+            raise UserError(f"--data {path}: masks are {y.shape[1]}x{y.shape[2]}, images {x.shape[1]}x{x.shape[2]}")
+    elif y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     elif y.ndim == 2:                    # one-hot
         y = y.argmax(axis=1)
-    if y.ndim != 1:
-        raise UserError(f"--data {path}: 'y' must be N labels or N one-hot rows, got shape {y.shape}")
+    if y.ndim not in (1, 3):
+        raise UserError(f"--data {path}: 'y' must be N labels, N one-hot rows or N,H,W masks, got shape {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
         if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
             y = y.astype(np.int64)
@@ -386,10 +526,10 @@ def _load_npz(path):
             raise UserError(f"--data {path}: labels in 'y' must be integers, got dtype {y.dtype}")
     if names is not None and len(y) and y.max() >= len(names):
         raise UserError(f"--data {path}: label {int(y.max())} but only {len(names)} class_names")
-    return _to_unit_float(x, path), y.astype(np.int64), names
+    return x, y.astype(np.int64), names
 
 
-def _load_tfds(src, limit):
+def _load_tfds(src, limit, offline=False):
     name, options = _parse_options(src[len("tfds:"):], {"split": None})
     if not name:
         raise UserError("--data tfds:NAME needs a dataset name, e.g. tfds:mnist")
@@ -397,7 +537,7 @@ def _load_tfds(src, limit):
         import tensorflow_datasets as tfds
     except ImportError:
         raise UserError(f"--data {src} needs the tensorflow-datasets package, which is not installed "
-                        "(and nothing is downloaded at run time; use an image folder or a .npz)") from None
+                        "(pip install tensorflow-datasets; or use an image folder or a .npz)") from None
     from optkit import keras_io
 
     keras_io.tf()   # quiet TF's logs before tfds imports it
@@ -410,15 +550,115 @@ def _load_tfds(src, limit):
     if limit is not None and "+" not in split and "[" not in split:
         split = f"{split}[:{int(limit)}]"
     try:
-        x, y = tfds.as_numpy(tfds.load(name, split=split, as_supervised=True, batch_size=-1, download=False))
+        x, y = tfds.as_numpy(tfds.load(name, split=split, as_supervised=True, batch_size=-1,
+                                       download=not offline))
     except Exception as exc:
-        raise UserError(f"--data {src}: split '{split}' is not in the local tfds cache and nothing is "
-                        f"downloaded at run time; prepare it first with tfds ({type(exc).__name__})") from None
+        why = ("it is not in the local tfds cache and offline mode forbids downloading" if offline else
+               "it is neither in the local tfds cache nor downloadable from here")
+        raise UserError(f"--data {src}: split '{split}': {why} ({type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())[:160]})") from None
     label = builder.info.features["label"] if "label" in builder.info.features else None
     names = list(label.names) if label is not None and hasattr(label, "names") else None
     if x.ndim == 4 and x.shape[3] not in (1, 3, 4):
         raise UserError(f"--data {src}: images with {x.shape[3]} channels are not supported")
-    return _to_unit_float(np.asarray(x), src), np.asarray(y).astype(np.int64), names
+    return np.asarray(x), np.asarray(y).astype(np.int64), names
+
+
+# keras.datasets: the file (or folder) each loader leaves in the Keras cache, and class names.
+KERAS_SETS = {
+    "mnist": (("mnist.npz",), [str(i) for i in range(10)]),
+    "fashion_mnist": ((os.path.join("fashion-mnist", "train-labels-idx1-ubyte.gz"),),
+                      ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
+                       "bag", "ankle_boot"]),
+    "cifar10": ((os.path.join("cifar-10-batches-py-target", "cifar-10-batches-py"), "cifar-10-batches-py"),
+                ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]),
+    "cifar100": ((os.path.join("cifar-100-python-target", "cifar-100-python"), "cifar-100-python"), None),
+}
+
+
+def keras_cache_dir() -> str:
+    """Where keras.datasets keeps its files: $KERAS_HOME/datasets, else ~/.keras/datasets."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return os.path.join(home, "datasets")
+
+
+def _load_keras(src, offline):
+    """keras:NAME from the Keras cache (read with Keras' own readers), else keras.datasets'
+    load_data(), which downloads (not when offline). Train and test sets are pooled; optkit
+    splits them like any other source."""
+    name = src[len("keras:"):].strip().lower().replace("-", "_")
+    if name not in KERAS_SETS:
+        raise UserError(f"--data {src}: unknown Keras dataset (available: {', '.join('keras:' + k for k in KERAS_SETS)})")
+    candidates, names = KERAS_SETS[name]
+    cache = keras_cache_dir()
+    found = next((os.path.join(cache, c) for c in candidates if os.path.exists(os.path.join(cache, c))), None)
+    from optkit import keras_io
+
+    try:
+        if found is not None:
+            (x1, y1), (x2, y2) = _read_keras_cache(name, found)
+        elif offline:
+            raise UserError(f"--data {src}: not in the Keras cache ({os.path.join(cache, candidates[0])}) and "
+                            "offline mode forbids downloading")
+        else:
+            datasets = keras_io.keras3().datasets
+            with _quiet_download():
+                (x1, y1), (x2, y2) = getattr(datasets, name).load_data()
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"--data {src}: could not load it ({type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())[:200]})") from None
+    x = np.concatenate([x1, x2])
+    y = np.concatenate([np.asarray(y1).reshape(-1), np.asarray(y2).reshape(-1)]).astype(np.int64)
+    return x, y, names
+
+
+def _read_keras_cache(name, path):
+    import gzip
+
+    if name == "mnist":
+        with np.load(path, allow_pickle=False) as f:
+            return (f["x_train"], f["y_train"]), (f["x_test"], f["y_test"])
+    if name == "fashion_mnist":
+        folder = os.path.dirname(path)
+        arrays = []
+        for stem in ("train", "t10k"):
+            with gzip.open(os.path.join(folder, f"{stem}-labels-idx1-ubyte.gz"), "rb") as fh:
+                labels = np.frombuffer(fh.read(), np.uint8, offset=8)
+            with gzip.open(os.path.join(folder, f"{stem}-images-idx3-ubyte.gz"), "rb") as fh:
+                images = np.frombuffer(fh.read(), np.uint8, offset=16).reshape(len(labels), 28, 28)
+            arrays.append((images, labels))
+        return tuple(arrays)
+    from optkit import keras_io
+
+    keras_io.keras3()   # Keras' own CIFAR reader (a restricted unpickler)
+    from keras.src.datasets.cifar import load_batch
+
+    if name == "cifar10":
+        parts = [load_batch(os.path.join(path, f"data_batch_{i}")) for i in range(1, 6)
+                 if os.path.exists(os.path.join(path, f"data_batch_{i}"))]
+        train = (np.concatenate([p[0] for p in parts]), np.concatenate([np.asarray(p[1]) for p in parts]))
+        test = load_batch(os.path.join(path, "test_batch"))
+    else:
+        train = load_batch(os.path.join(path, "train"), label_key="fine_labels")
+        test = load_batch(os.path.join(path, "test"), label_key="fine_labels")
+    to_nhwc = lambda a: np.asarray(a).transpose(0, 2, 3, 1)
+    return (to_nhwc(train[0]), train[1]), (to_nhwc(test[0]), test[1])
+
+
+class _quiet_download:
+    """Keras prints download progress on stdout, which is for --json."""
+
+    def __enter__(self):
+        import contextlib
+        import io
+
+        self._ctx = contextlib.redirect_stdout(io.StringIO())
+        return self._ctx.__enter__()
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
 
 
 def _parse_options(text, defaults):

@@ -18,13 +18,18 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Iterable, List, Optional
 
+import numpy as np
+
 from optkit import parity as parity_mod
 from optkit.errors import Unavailable, UserError
-from optkit.records import FAILED, OK, PRECISIONS, SKIPPED, Artifact, Parity
+from optkit.records import FAILED, OK, PRECISIONS, SKIPPED, UNVERIFIED, Artifact, Parity
 
 # Validation inputs: enough samples that a top-1 agreement of 0.8 means something (one flip is
 # ~3%), few enough that a MobileNet validates in about a second on 2 cores.
 VALIDATION_SAMPLES = 32
+# With labels, the task metric of a quantized artifact is compared with its source's on up to
+# this many held-back samples (accuracy steps of 0.2 points; a second or two on 2 cores).
+TASK_CHECK_SAMPLES = 500
 QUANTIZE_CHOICES = PRECISIONS
 
 
@@ -53,13 +58,17 @@ def artifact_path(out_dir: str, stem: str, module, quantize: str) -> str:
 def export_model(model, formats: Iterable[str] | str, out_dir: str, *, quantize: str = "none",
                  data=None, stem: Optional[str] = None, threads: Optional[int] = None,
                  options: Optional[Dict[str, Dict[str, Any]]] = None,
-                 validation_samples: int = VALIDATION_SAMPLES, progress=None) -> List[Artifact]:
+                 validation_samples: int = VALIDATION_SAMPLES, progress=None, contract=None,
+                 max_drop: Optional[float] = None) -> List[Artifact]:
     """Export `model` (Keras 3, tf_keras, or a keras_io SavedModelCallable) to each format.
 
     `data`: an optkit.data.Dataset (int8 calibration uses its training split, validation its
     validation/test split) or None (random [0, 1] inputs, recorded in the artifact details).
     `options`: per-format converter options, e.g. {"onnx": {"opset": 13}}; unknown keys are
     rejected by the exporter. `progress`: optional callable(str) for one-line progress messages.
+    `contract`: the model's optkit.contract.Contract (`data` is already in its input space);
+    stored with every artifact, and random inputs are drawn in its range when there is no data.
+    `max_drop`: points of task metric a quantized artifact may lose on labelled data.
     """
     import exporters
     from exporters import _common
@@ -80,14 +89,16 @@ def export_model(model, formats: Iterable[str] | str, out_dir: str, *, quantize:
     with files.locked_dir(os.fspath(out_dir)):
         return _export_all(model, names, os.fspath(out_dir), quantize=quantize, data=data, stem=stem or _stem(model),
                            threads=threads, options=options, validation_samples=validation_samples,
-                           progress=progress)
+                           progress=progress, contract=contract, max_drop=max_drop)
 
 
 def _export_all(model, names, out_dir, *, quantize, data, stem, threads, options, validation_samples,
-                progress) -> List[Artifact]:
+                progress, contract=None, max_drop=None) -> List[Artifact]:
     import exporters
     from exporters import _common
 
+    real = data is not None
+    data = data if real else _contract_noise(model, contract)
     # Same inputs for every format: artifacts are compared with the model and with each other.
     inputs, source = _common.sample_inputs(model, data, n=validation_samples, seed=1, split="x_val")
     reference_cache = {}
@@ -106,16 +117,32 @@ def _export_all(model, names, out_dir, *, quantize, data, stem, threads, options
             progress(f"export {name} ({quantize}) -> {path}")
         art = export_one(module, model, path, quantize=quantize, data=data, threads=threads,
                          options=options.get(name, {}), inputs=inputs, reference=reference,
-                         validation_source=source)
+                         validation_source=source, contract=contract, max_drop=max_drop, real_data=real)
         artifacts.append(art)
         if progress:
             progress(f"  {name}: {art.status}{': ' + art.reason if art.reason else ''}")
     return artifacts
 
 
+def _contract_noise(model, contract):
+    """No data: random pixels mapped by the contract (a raw-pixel model is calibrated on 0-255)."""
+    if contract is None or contract.name == "unit":
+        return None
+    from exporters import _common
+
+    from optkit import contract as contract_mod
+
+    shapes = _common.input_shapes(model)
+    if len(shapes) != 1:
+        return None
+    return contract_mod.random_inputs(shapes[0][1:], _common.CALIBRATION_SAMPLES, contract, seed=1)
+
+
 def export_one(module, model, path, *, quantize="none", data=None, threads=None, options=None,
-               inputs=None, reference=None, validation_source=None, on_loaded=None) -> Artifact:
-    """Export with one exporter module, load the artifact back and validate it.
+               inputs=None, reference=None, validation_source=None, on_loaded=None, contract=None,
+               max_drop: Optional[float] = None, real_data: Optional[bool] = None) -> Artifact:
+    """Export with one exporter module, store the input contract with it, load it back and
+    validate it (on real data when given; with labels, its task metric against the source).
     `on_loaded(predictor, load_ms)` receives the validated predictor (optimize benchmarks it
     instead of loading the artifact a second time).
 
@@ -137,11 +164,11 @@ def export_one(module, model, path, *, quantize="none", data=None, threads=None,
     if not ok:
         art.status, art.reason = SKIPPED, why
         return art
+    if real_data is None:
+        real_data = data is not None
+        data = data if real_data else _contract_noise(model, contract)
     if inputs is None:
         inputs, validation_source = _common.sample_inputs(model, data, n=VALIDATION_SAMPLES, seed=1, split="x_val")
-    if reference is None:
-        def reference(arrays):
-            return _reference_outputs(model, arrays)
     path = os.fspath(path)
     # Written and validated under a temp name; only an artifact that passed reaches `path`
     # (optkit.files.staging publishes it in one step). One that failed is moved aside.
@@ -169,9 +196,12 @@ def export_one(module, model, path, *, quantize="none", data=None, threads=None,
                 _remove_artifact(path)   # an older file by this name no longer matches the model
                 return art
             art.details["validation_source"] = validation_source
+            if contract is not None:
+                _store_contract(art, staged.path, contract)
             art.size_bytes, art.gzip_bytes = sizes(staged.path)
-            art.parity = validate_artifact(module, staged.path, reference, inputs, quantize, threads=threads,
-                                           input_names=_input_names(model), on_loaded=on_loaded)
+            art.parity = check_artifact(module, staged.path, model, quantize, inputs=inputs, reference=reference,
+                                        data=data, real_data=real_data, threads=threads, max_drop=max_drop,
+                                        on_loaded=on_loaded)
             art.parity.reason = files.user_words(art.parity.reason or "", path) or art.parity.reason
             if art.parity.ok is False:
                 aside = files.failed_name(path, module.SUFFIX)
@@ -185,7 +215,23 @@ def export_one(module, model, path, *, quantize="none", data=None, threads=None,
         raise type(exc)(files.user_words(str(exc), path)) from None
     _remove_artifact(files.failed_name(path, module.SUFFIX))   # an earlier failure is history now
     art.path = path
+    if contract is not None and os.path.isfile(path) and "sidecar" in art.details.get("preprocess", {}).get("stored_in", ""):
+        _store_contract(art, path, contract)   # a sidecar beside the temp file stayed behind: write it here
+    if art.parity.ok is None:
+        art.status, art.reason = UNVERIFIED, art.parity.reason
     return art
+
+
+def _store_contract(art, path, contract):
+    from exporters import _common
+
+    from optkit import contract as contract_mod
+
+    try:
+        where = contract_mod.attach(path, contract)
+        art.details["preprocess"] = dict(contract.stored_json(), stored_in=where)
+    except Exception as exc:  # noqa: BLE001 - the artifact is fine; only the stored contract is missing
+        art.details["preprocess_error"] = _common.first_line(exc)
 
 
 def _remove_artifact(path):
@@ -195,8 +241,50 @@ def _remove_artifact(path):
         files.remove(path)
 
 
+def check_artifact(module, path, model, quantize, *, inputs, data=None, reference=None, real_data=True,
+                   threads=None, max_drop: Optional[float] = None, on_loaded=None) -> Parity:
+    """Is the artifact at `path` the model `model` (inputs in the model's space)? Output parity on
+    `inputs`, then with labelled `data` the task metric against the model's (parity.task_check)."""
+    if reference is None:
+        def reference(arrays):
+            return _reference_outputs(model, arrays)
+    parity = validate_artifact(module, path, reference, inputs, quantize, threads=threads,
+                               input_names=_input_names(model), real_data=real_data, on_loaded=on_loaded)
+    if parity.ok is not False and real_data and getattr(data, "y_test", None) is not None:
+        _task_check(module, model, path, parity, data, quantize, threads, max_drop)
+    return parity
+
+
+def _task_check(module, model, path, parity, data, quantize, threads, max_drop):
+    """With labels: the artifact's task metric against the source's on held-back samples."""
+    from exporters import _common
+
+    x, y = data.x_test[:TASK_CHECK_SAMPLES], data.y_test[:TASK_CHECK_SAMPLES]
+    if not len(y):
+        return
+    try:
+        predictor = module.load(path, threads=threads)
+        got = np.concatenate([np.asarray(predictor(x[i:i + 32].astype(np.float32))[0])
+                              for i in range(0, len(x), 32)])
+    except Exception as exc:  # noqa: BLE001 - validate_artifact already ran it; it failed here
+        parity.ok, parity.reason = False, f"artifact failed on the labelled samples: {_common.first_line(exc)}"
+        return
+    ref = _reference_outputs(model, [x])[0]
+    check = parity_mod.task_check(ref, got, y, quantize, max_drop)
+    parity.metric = check
+    if not np.all(np.isfinite(got)):
+        parity.ok, parity.reason = False, "the artifact produced NaN/inf on the labelled samples"
+    elif not check["ok"]:
+        parity.ok = False
+        parity.reason = (f"{check['metric']} {100 * check['artifact']:.1f}% vs the source's "
+                         f"{100 * check['source']:.1f}% on {check['n']} labelled samples: a drop of "
+                         f"{check['drop_points']:.1f} points > {check['max_drop_points']:g}")
+    elif parity.ok is None and parity.inputs == "data":
+        parity.ok, parity.reason = True, ""
+
+
 def validate_artifact(module, path, reference, inputs, quantize, *, threads=None, input_names=None,
-                      on_loaded=None) -> Parity:
+                      real_data: bool = True, on_loaded=None) -> Parity:
     """Load `path` with its exporter and compare it with `reference` (optkit.parity).
     `input_names`: the model's input names in the order of `inputs` (matched by name)."""
     import time
@@ -216,7 +304,7 @@ def validate_artifact(module, path, reference, inputs, quantize, *, threads=None
     if getattr(module, "NAMES_OUTPUTS", False):
         expected = _common.output_names(len(predictor.outputs))
     return parity_mod.validate(reference, predictor, inputs, quantize, expected_names=expected,
-                               input_names=input_names)
+                               input_names=input_names, real_data=real_data)
 
 
 def _input_names(model):

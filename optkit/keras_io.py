@@ -747,6 +747,38 @@ def output_specs(model):
     return [(_producer_name(t, i), tuple(t.shape), _dtype_name(t.dtype)) for i, t in enumerate(model.outputs)]
 
 
+# Layers that map pixels into a model's input space: a model that starts with one takes pixels.
+PREPROCESSING_LAYERS = ("Rescaling", "Normalization")
+
+
+def leading_preprocessing_layer(model) -> Optional[str]:
+    """'Rescaling(scale=0.00392, offset=0)' when the first layer after the model's input (looking
+    into a nested model) is a Rescaling/Normalization layer, else None. Either flavour."""
+    if isinstance(model, SavedModelCallable):
+        return None
+    layers = [layer for layer in getattr(model, "layers", []) if type(layer).__name__ != "InputLayer"]
+    if not layers:
+        return None
+    first = layers[0]
+    if hasattr(first, "layers") and not type(first).__name__ in PREPROCESSING_LAYERS:
+        return leading_preprocessing_layer(first)
+    kind = type(first).__name__
+    if kind not in PREPROCESSING_LAYERS:
+        return None
+    config = first.get_config()
+    keys = ("scale", "offset") if kind == "Rescaling" else ("mean", "variance")
+    shown = ", ".join(f"{k}={_short(config.get(k))}" for k in keys if config.get(k) is not None)
+    return f"{kind}({shown})"
+
+
+def _short(value):
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, (list, tuple)) and len(value) > 3:
+        return "[...]"
+    return str(value)
+
+
 def _producer_name(tensor, index):
     history = getattr(tensor, "_keras_history", None)
     layer = history[0] if history else None

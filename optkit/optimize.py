@@ -35,7 +35,7 @@ from optkit import plan as plan_mod
 from optkit import quant_debug
 from optkit import verdicts
 from optkit.errors import OptkitError, RunFailure, Unavailable, UserError
-from optkit.records import FAILED, OK, SKIPPED, SCHEMA, Artifact, Latency, Parity, Variant
+from optkit.records import FAILED, OK, SKIPPED, SCHEMA, UNVERIFIED, Artifact, Latency, Parity, Variant
 
 # Timing loops: long enough for a stable median on a noisy 2-core machine, short enough that a
 # demo with a dozen artifacts stays within minutes. The tiny schedule shortens them.
@@ -88,6 +88,7 @@ class Pipeline:
         self.records: Dict[str, Variant] = {}   # variant id -> record (insertion order = report order)
         self.specs: Dict[str, plan_mod.VariantSpec] = {}
         self.data = None
+        self.contract = None    # optkit.contract.Contract: the model's input space (self.data is in it)
         self.strategy = None
         self.threads = None
         self.notes: List[str] = []
@@ -142,21 +143,40 @@ class Pipeline:
             entry = next(e for e in zoo.list_models() if e.name == name)
             self.data = self._load_data(tuple(entry.default_input_shape), None)
             with self.scope():   # variables must be created under the strategy that trains them
-                return zoo.build(name, input_shape=tuple(self.data.input_shape),
-                                 num_classes=self.data.num_classes, seed=plan.seed)
+                model = zoo.build(name, input_shape=tuple(self.data.input_shape),
+                                  num_classes=self.data.num_classes, seed=plan.seed)
+            self._adopt_contract(model, probe=False)
+            return model
         with self.scope():
             model = keras_io.load(plan.model, unsafe=plan.unsafe).model
         input_shape, num_classes = _model_io(model)
         if plan.data:
             self.data = self._load_data(input_shape, num_classes)
+        self._adopt_contract(model, probe=True)
         return model
+
+    def _adopt_contract(self, model, *, probe: bool) -> None:
+        """The model's input contract (optkit.contract), said once; the data moves into its space.
+        An untrained zoo model has nothing to probe."""
+        from optkit import contract
+
+        def say(message):
+            _log(message)
+            if message.startswith("warning: "):
+                self.notes.append(message[len("warning: "):])
+
+        zoo = self.plan.model.startswith(plan_mod.ZOO_PREFIX)
+        self.contract, self.data = contract.prepare(self.plan.preprocess, model=model,
+                                                    path=None if zoo else self.plan.model, data=self.data,
+                                                    say=say, probe=probe)
 
     def _load_data(self, input_shape, num_classes):
         from optkit import data as data_mod
 
         plan = self.plan
         data = data_mod.load_data(plan.data, input_shape=input_shape, num_classes=num_classes,
-                                  seed=plan.seed, limit=plan.data_limit)
+                                  seed=plan.seed, limit=plan.data_limit,
+                                  offline=plan.offline or None)
         note = data_mod.small_data_note(data)
         if note:
             _log(note)
@@ -399,18 +419,16 @@ class Pipeline:
             from optkit import inspect_model
 
             record.details["multiply_adds"] = inspect_model.total_multiply_adds(model)
-        if self.data is not None:
-            from optkit import train
-
+        if self.data is not None and self.data.labelled:
             try:
-                record.accuracy = train.evaluate(model, self.data.x_test, self.data.y_test,
-                                                 batch_size=KERAS_BATCH)
-                record.details["accuracy_n"] = int(len(self.data.y_test))
+                predict = lambda x: keras_io.predict(model, x, batch_size=KERAS_BATCH)  # noqa: E731
+                _score(record, predict, self.data.x_test, self.data.y_test)
+                record.details["accuracy_n"] = record.accuracy_n
                 # Decisions (keep a step or not) use validation; the test split only reports.
                 if len(self.data.y_val):
-                    record.details["val_accuracy"] = train.evaluate(model, self.data.x_val, self.data.y_val,
-                                                                    batch_size=KERAS_BATCH)
-                    record.details["val_n"] = int(len(self.data.y_val))
+                    val = metrics.evaluate(predict, self.data.x_val, self.data.y_val, batch=KERAS_BATCH)
+                    record.details["val_accuracy"] = val["accuracy"]
+                    record.details["val_n"] = int(val["n"])
             except Exception as exc:  # noqa: BLE001
                 record.details["accuracy_error"] = _reason(exc)
         try:
@@ -503,7 +521,7 @@ class Pipeline:
             options = quant_debug.format_options(spec.format, self.plan.int8) if spec.quantize == "int8" else {}
             loaded = {}
             artifact = export_mod.export_one(module, model, out, quantize=spec.quantize, data=self.data,
-                                             threads=self.threads, options=options,
+                                             threads=self.threads, options=options, contract=self.contract,
                                              on_loaded=lambda p, ms: loaded.update(predictor=p, load_ms=ms))
         except (UserError, RunFailure):   # a bad output folder or a full disk stops the run
             raise
@@ -512,7 +530,7 @@ class Pipeline:
                                 reason=f"export failed: {_reason(exc)}")
         if forced:
             artifact.details["precision_note"] = forced
-        if artifact.status == OK:
+        if artifact.status in (OK, UNVERIFIED):
             self.bench_artifact(module, artifact, evaluate=evaluate, loaded=loaded)
         if artifact.status != OK:
             _log(f"  {spec.label}: {artifact.status}: {artifact.reason}")
@@ -551,10 +569,9 @@ class Pipeline:
                                       threads=result.get("threads"), batch=1)
         artifact.details.update(load_ms=round(result["load_ms"], 3), cold_ms=round(result["cold_ms"], 3),
                                 peak_rss_mb=result.get("peak_rss_mb"))
-        if evaluate and self.data is not None:
+        if evaluate and self.data is not None and self.data.labelled:
             try:
-                artifact.accuracy = metrics.evaluate(predictor, self.data.x_test[:MAX_EVAL_SAMPLES],
-                                                     self.data.y_test[:MAX_EVAL_SAMPLES], batch=32)["accuracy"]
+                _score(artifact, predictor, self.data.x_test[:MAX_EVAL_SAMPLES], self.data.y_test[:MAX_EVAL_SAMPLES])
             except Exception as exc:  # noqa: BLE001
                 artifact.details["accuracy_error"] = _reason(exc)
 
@@ -577,6 +594,7 @@ class Pipeline:
                      "epochs": plan.epochs, "batch_size": plan.batch_size, "seed": plan.seed,
                      "strategy": plan.strategy, "tiny": plan.tiny, "file": "plan.json"},
             "data": _data_summary(self.data),
+            "preprocess": self.contract.to_json() if self.contract is not None else None,
             "variants": [r.to_json() for r in self.records.values()],
             "notes": list(self.notes),
             "elapsed_s": round(time.perf_counter() - started, 1),
@@ -634,6 +652,12 @@ def _data_summary(data):
 
     return {"source": getattr(data, "source", None), "num_classes": getattr(data, "num_classes", None),
             "input_shape": list(getattr(data, "input_shape", []) or []), **split_summary(data)}
+
+
+def _score(record, predict, x, y, batch: int = 32) -> None:
+    """accuracy, accuracy_n (and miou for segmentation) of `predict` on (x, y): optkit.metrics."""
+    result = metrics.evaluate(predict, x, y, batch=batch)
+    record.accuracy, record.accuracy_n, record.miou = result["accuracy"], result["n"], result.get("miou")
 
 
 def failures(report: dict) -> List[str]:

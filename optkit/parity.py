@@ -6,8 +6,15 @@ on the artifact's precision. Each failure is its own exception type, so callers 
 tell "wrong number of outputs" from "numbers drifted". A failed check is a failure, never a
 warning: the artifact is marked `failed` and `optkit export` exits 1.
 
-This is export fidelity only (a tight check that should always pass). What a compression step
-did to accuracy is a different question, answered with evaluation data elsewhere.
+Quantized artifacts (int8, dynamic, float16) must also pass measures a broken quantization
+cannot: the per-output signal-to-noise ratio against the float source with the signal centred
+per element over the batch (a constant output scores 0 dB however close it sits to a near-uniform
+softmax; top-1 agreement alone cannot decide there), and, with labels, the task metric of the
+artifact against the source (`task_check`). NaN/Inf anywhere fails. On random inputs alone a
+quantized artifact is `unverified`, never `ok`: int8 calibrated in the wrong input range still
+"matches" the float model fed the same wrong inputs.
+
+What a compression step did to accuracy is a different question, answered elsewhere.
 
 TF-free: numpy only, so bench and the on-device side can use it too.
 """
@@ -51,6 +58,27 @@ TOLERANCES = {
     "int8": Tolerance(max_abs=0.35, min_top1=0.8),
 }
 
+
+# Centred SNR floors (dB) per quantized precision: 10 dB means the error carries a tenth of the
+# output's variation. Measured on the trained models of tests/user_models.py with real data:
+# good int8 exports 17-32 dB, float16 > 40 dB; the mutation corpus (constant outputs, wrong
+# calibration range, swapped channels, another model's weights) 0 to 6 dB. The floors sit
+# between, with room for deeper models whose int8 error accumulates.
+MIN_SNR_DB = {"float16": 25.0, "dynamic": 10.0, "int8": 10.0}
+# ...but a source whose outputs barely vary over the samples (a barely trained model, a
+# near-uniform softmax) has almost no signal, and its SNR says nothing: an error whose RMS is
+# within the precision's own grid passes whatever the SNR. int8 stores a [0, 1] output in steps
+# of 1/256 (0.004) and accumulates a few steps through the layers: 0.01 of the output scale.
+# float16 keeps 10 mantissa bits (~0.001 relative).
+NOISE_FLOOR = {"float16": 0.002, "dynamic": 0.01, "int8": 0.01}
+# Largest drop of the task metric (points) an artifact may show against its float source on
+# labelled data: int8 keeps a CNN within 1-2 points when calibrated right (STACK.md); 3 leaves
+# room for small test sets. float16 changes almost nothing, so 1 point already means trouble.
+MAX_METRIC_DROP = {"none": 1.0, "float16": 1.0, "dynamic": 3.0, "int8": 3.0}
+# On a handful of images one flip is many points (7 images: 14 points); a classification drop
+# fails only when the artifact also lost at least this many more samples than it gained.
+MIN_NET_LOST = 3
+QUANTIZED = ("float16", "dynamic", "int8")
 
 # Top-1 ties: classes the source scores within this fraction of the precision's value tolerance
 # of each other count as tied (1e-5 for float32, 0.035 for int8 probabilities).
@@ -106,11 +134,13 @@ class RunError(ParityError):
 
 def compare(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], precision: str = "none", *,
             names: Optional[Sequence[str]] = None, expected_names: Optional[Sequence[str]] = None,
-            tolerance: Optional[Tolerance] = None) -> Parity:
+            tolerance: Optional[Tolerance] = None, real_data: bool = True) -> Parity:
     """Check `candidate` outputs against `reference` outputs; return the Parity or raise a ParityError.
 
     `names`/`expected_names`: the artifact's output names and the ones it should have (checked
-    only when both are given: not every format stores meaningful names).
+    only when both are given: not every format stores meaningful names). `real_data`: the inputs
+    are real samples; on random inputs a quantized artifact's SNR cannot decide, and a passing
+    one comes back `ok=None` (unverified).
     """
     tol = tolerance or tolerance_for(precision)
     reference = [np.asarray(r) for r in _as_list(reference)]
@@ -127,9 +157,10 @@ def compare(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], pr
     for r, c in zip(reference, candidate):
         r = r.astype(np.float64)
         c = c.astype(np.float64)
-        if not np.all(np.isfinite(c)) and np.all(np.isfinite(r)):
+        if not (np.all(np.isfinite(c)) and np.all(np.isfinite(r))):
+            who = "artifact" if np.all(np.isfinite(r)) else "source model"
             parity = Parity(ok=False, max_abs=float("nan"), tolerance=tol.max_abs,
-                            reason="artifact produced NaN/inf where the source did not")
+                            reason=f"the {who} produced NaN/inf")
             raise ValueMismatch(parity.reason, parity)
         scale = max(1.0, float(np.max(np.abs(r))) if r.size else 1.0)
         diff = np.abs(c - r)
@@ -148,8 +179,20 @@ def compare(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], pr
             agree += int(np.sum(picked >= np.max(r, axis=-1) - tie))
             n_top1 += int(np.prod(r.shape[:-1]))
     top1 = agree / n_top1 if n_top1 else None
-    parity = Parity(ok=True, max_abs=max_abs, max_rel=max_rel, top1_agreement=top1, tolerance=tol.max_abs)
+    parity = Parity(ok=True, max_abs=max_abs, max_rel=max_rel, top1_agreement=top1, tolerance=tol.max_abs,
+                    inputs="data" if real_data else "random")
     problems = []
+    if precision in QUANTIZED:
+        fidelity = [centred_fidelity(r, c) for r, c in zip(reference, candidate)]
+        parity.snr_db = min(f[0] for f in fidelity)
+        parity.cosine = min(f[1] for f in fidelity)
+        for (snr, cosine), r, c in zip(fidelity, reference, candidate):
+            scale = max(1.0, float(np.max(np.abs(r))) if r.size else 1.0)
+            rms = float(np.sqrt(np.mean((c.astype(np.float64) - r) ** 2))) / scale if r.size else 0.0
+            if real_data and snr < MIN_SNR_DB[precision] and rms > NOISE_FLOOR[precision]:
+                problems.append(f"SNR {snr:.1f} dB < {MIN_SNR_DB[precision]:g} dB on real data "
+                                f"(cosine {cosine:.3f}, error rms {rms:.3g})")
+                break
     if max_abs > tol.max_abs:
         problems.append(f"max |diff| {max_abs:.3g} > {tol.max_abs:g}")
     if top1 is not None and top1 < tol.min_top1:
@@ -158,7 +201,53 @@ def compare(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], pr
         parity.ok = False
         parity.reason = f"{precision}: " + "; ".join(problems)
         raise ValueMismatch(parity.reason, parity)
+    if precision in QUANTIZED and not real_data:
+        parity.ok = None
+        parity.reason = (f"unverified: {precision} checked on random inputs only (SNR {parity.snr_db:.1f} dB); "
+                         "give --data to prove it on real samples")
     return parity
+
+
+def centred_fidelity(reference: np.ndarray, candidate: np.ndarray):
+    """(SNR in dB, cosine similarity) of `candidate` against `reference`, both centred on the
+    reference's per-element mean over the batch: what varies with the input is the signal.
+    With a batch of one, or a source whose outputs do not vary over the batch, there is nothing
+    to centre on and the raw outputs are compared."""
+    r = reference.astype(np.float64).reshape(len(reference), -1) if reference.ndim else reference.reshape(1, 1)
+    c = candidate.astype(np.float64).reshape(r.shape)
+    mean = r.mean(axis=0, keepdims=True) if len(r) > 1 else 0.0
+    if len(r) > 1 and float(np.sum((r - mean) ** 2)) <= 1e-12 * max(float(np.sum(r ** 2)), 1e-30):
+        mean = 0.0
+    signal, other = r - mean, c - mean
+    noise = float(np.sum((c - r) ** 2))
+    power = float(np.sum(signal ** 2))
+    if power == 0.0:
+        snr = float("inf") if noise == 0.0 else float("-inf")
+    else:
+        snr = float("inf") if noise == 0.0 else 10.0 * np.log10(power / noise)
+    norms = float(np.linalg.norm(signal) * np.linalg.norm(other))
+    cosine = float(np.sum(signal * other) / norms) if norms > 0 else (1.0 if noise == 0.0 else 0.0)
+    return snr, cosine
+
+
+def task_check(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray, precision: str,
+               max_drop: Optional[float] = None) -> dict:
+    """The task metric (accuracy, or mIoU for segmentation) of the artifact's outputs against
+    the source's on the same labelled samples. `ok` False when it drops more than `max_drop`
+    points (default MAX_METRIC_DROP[precision])."""
+    from optkit import metrics
+
+    limit = MAX_METRIC_DROP.get(precision, 1.0) if max_drop is None else float(max_drop)
+    ref = metrics.score(reference, labels)
+    got = metrics.score(candidate, labels)
+    key = "miou" if ref.get("miou") is not None else "accuracy"
+    drop = 100.0 * (ref[key] - got[key])
+    ok = bool(np.isfinite(drop) and drop <= limit)
+    if key == "accuracy" and np.isfinite(drop) and not ok and ref.get("miou") is None:
+        net_lost = int(round((ref[key] - got[key]) * ref["n"]))
+        ok = net_lost < MIN_NET_LOST
+    return {"metric": key, "source": ref[key], "artifact": got[key], "drop_points": drop,
+            "max_drop_points": limit, "n": ref["n"], "ok": ok}
 
 
 def _as_list(outputs):
@@ -210,7 +299,7 @@ def validate(reference_fn: Callable[[List[np.ndarray]], Sequence[np.ndarray]], p
              inputs: Sequence[np.ndarray], precision: str = "none", *,
              expected_names: Optional[Sequence[str]] = None,
              batch_sizes: Optional[Sequence[int]] = None,
-             input_names: Optional[Sequence[str]] = None) -> Parity:
+             input_names: Optional[Sequence[str]] = None, real_data: bool = True) -> Parity:
     """Run `predictor` on `inputs` at each batch size and compare with `reference_fn(inputs)`.
 
     `input_names`: the source model's input names, in the order of `inputs`; when the artifact
@@ -240,7 +329,7 @@ def validate(reference_fn: Callable[[List[np.ndarray]], Sequence[np.ndarray]], p
         got = [np.concatenate([c[j] for c in chunks]) for j in range(len(chunks[0]))]
         try:
             parity = compare([r[:usable] for r in reference], got, precision,
-                             names=names, expected_names=expected_names)
+                             names=names, expected_names=expected_names, real_data=real_data)
         except ParityError as exc:
             failed = exc.parity or Parity(ok=False)
             failed.ok = False
@@ -248,10 +337,15 @@ def validate(reference_fn: Callable[[List[np.ndarray]], Sequence[np.ndarray]], p
             failed.batch_sizes = sizes
             return failed
         if worst is None or parity.max_abs > worst.max_abs:
-            top1 = parity.top1_agreement if worst is None else _min_or_none(parity.top1_agreement, worst.top1_agreement)
-            worst, worst.top1_agreement = parity, top1
-        elif parity.top1_agreement is not None:
+            if worst is not None:
+                parity.top1_agreement = _min_or_none(parity.top1_agreement, worst.top1_agreement)
+                parity.snr_db = _min_or_none(parity.snr_db, worst.snr_db)
+                parity.cosine = _min_or_none(parity.cosine, worst.cosine)
+            worst = parity
+        else:
             worst.top1_agreement = _min_or_none(parity.top1_agreement, worst.top1_agreement)
+            worst.snr_db = _min_or_none(parity.snr_db, worst.snr_db)
+            worst.cosine = _min_or_none(parity.cosine, worst.cosine)
     worst.batch_sizes = sizes
     return worst
 

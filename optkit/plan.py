@@ -120,6 +120,8 @@ class Plan:
     # Epoch cap of the baseline's own training when it differs from `epochs` (the ladder's Naive
     # rung trains from scratch and needs more than a fine-tune; optkit.ladder.NAIVE_EPOCHS).
     baseline_epochs: Optional[int] = None
+    preprocess: Optional[str] = None       # --preprocess (optkit.contract); None: stored/model/probe/unit
+    offline: bool = False                  # never download data (keras:/tfds:)
     schema: int = PLAN_SCHEMA
 
     @property
@@ -248,7 +250,8 @@ def resolve(*, model: Optional[str] = None, data: Optional[str] = None, recipe: 
             batch_size: Optional[int] = None, seed: Optional[int] = None, strategy: Optional[str] = None,
             max_accuracy_drop: Optional[float] = None, budget: Optional[float] = None,
             trials: Optional[int] = None, unsafe: bool = False, tiny: Optional[bool] = None,
-            int8: Optional[Dict[str, Any]] = None) -> Plan:
+            int8: Optional[Dict[str, Any]] = None, preprocess: Optional[str] = None,
+            offline: bool = False) -> Plan:
     """Command-line choices -> a Plan (UserError for contradictions). Imports no TensorFlow."""
     steps = list(steps or ())
     if tiny is None:
@@ -355,7 +358,7 @@ def resolve(*, model: Optional[str] = None, data: Optional[str] = None, recipe: 
                 strategy=strategy, unsafe=unsafe, tiny=bool(tiny), search=search, int8=int8,
                 max_accuracy_drop=float(max_accuracy_drop) if max_accuracy_drop is not None
                 else (search.max_accuracy_drop if search else 1.0),
-                baseline_epochs=baseline_epochs)
+                baseline_epochs=baseline_epochs, preprocess=preprocess, offline=bool(offline))
 
 
 def _model_ref(model: Optional[str]):
@@ -446,7 +449,8 @@ def load(path: str) -> Plan:
         search = SearchSpec(**doc["search"]) if doc.get("search") else None
         fields = {k: doc[k] for k in ("model", "data", "mode", "recipe", "model_sha256", "train_baseline",
                                       "epochs", "batch_size", "seed", "data_limit", "strategy", "unsafe",
-                                      "tiny", "int8", "max_accuracy_drop", "baseline_epochs") if k in doc}
+                                      "tiny", "int8", "max_accuracy_drop", "baseline_epochs", "preprocess",
+                                      "offline") if k in doc}
         plan = Plan(variants=variants, search=search, **fields)
     except (KeyError, TypeError) as exc:
         raise UserError(f"{path}: malformed plan ({exc})") from None

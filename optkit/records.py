@@ -12,6 +12,9 @@ from typing import Any, Dict, List, Optional
 SCHEMA = 1
 
 OK, SKIPPED, FAILED = "ok", "skipped", "failed"
+# Written and loaded, but its fidelity could not be proven here (Core ML off macOS; a quantized
+# artifact checked on random inputs only). Never shown as `ok`; not a failure either.
+UNVERIFIED = "unverified"
 
 # The one list of export precisions (`--quantize`, `--to FMT:Q`, Artifact.quantize). Each exporter's
 # PRECISIONS is the subset it supports; optkit.parity has one tolerance per entry.
@@ -42,6 +45,10 @@ class Parity:
     tolerance: Optional[float] = None
     reason: str = ""                # why it failed, or why it is unverified
     batch_sizes: List[int] = field(default_factory=list)
+    snr_db: Optional[float] = None  # quantized: worst per-output SNR vs the source (signal centred)
+    cosine: Optional[float] = None  # quantized: worst per-output cosine similarity (centred)
+    inputs: str = ""                # "data" (real samples) or "random"
+    metric: Optional[Dict[str, Any]] = None   # with labels: the task metric, source vs artifact
 
     def to_json(self):
         return _clean(self)
@@ -81,6 +88,8 @@ class Artifact:
     # int8 only (optkit.quant_debug): {"calibration": {"method", "samples"}, "float_layers": [...],
     # "layers": [{"name", "op", "snr_db", "rmse"}, ...] worst first (with --quant-report), "goal", "cost"}
     quantization: Optional[Dict[str, Any]] = None
+    accuracy_n: Optional[int] = None    # labelled samples behind `accuracy`
+    miou: Optional[float] = None        # segmentation: mean IoU (accuracy = pixel accuracy)
 
     def to_json(self):
         return _clean(self)
@@ -104,6 +113,8 @@ class Variant:
     artifacts: List[Artifact] = field(default_factory=list)
     details: Dict[str, Any] = field(default_factory=dict)
     reused: bool = False            # taken from an earlier run into the same folder (--resume)
+    accuracy_n: Optional[int] = None    # labelled samples behind `accuracy`
+    miou: Optional[float] = None        # segmentation: mean IoU (accuracy = pixel accuracy)
 
     def to_json(self):
         return _clean(self)

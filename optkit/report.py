@@ -103,6 +103,17 @@ def _shorten(text: str, limit: int = MAX_CELL) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
+def fmt_metric(record: dict, with_n: bool = True) -> str:
+    """Accuracy with the number of labelled samples behind it (unless the row title says it);
+    mIoU first for segmentation."""
+    if record.get("accuracy") is None:
+        return DASH
+    n = f" (n={record['accuracy_n']})" if with_n and record.get("accuracy_n") is not None else ""
+    if record.get("miou") is not None:
+        return f"mIoU {fmt_pct(record['miou'])}, pixel {fmt_pct(record['accuracy'])}{n}"
+    return f"{fmt_pct(record['accuracy'])}{n}"
+
+
 def artifact_label(artifact: dict) -> str:
     """'TFLite int8', 'ONNX', ... : format plus its quantization when there is one."""
     fmt = artifact.get("format") or "?"
@@ -131,7 +142,8 @@ def grid(report: dict) -> Tuple[List[str], List[List[str]]]:
 def _accuracy_title(variants: List[dict]) -> str:
     """"Accuracy (n=36 test images)" when every variant was scored on the same images: a reader
     needs the n to know what a point is worth (one of 36 images is 2.8 points)."""
-    ns = {(v.get("details") or {}).get("accuracy_n") for v in variants if v.get("accuracy") is not None}
+    ns = {v.get("accuracy_n") or (v.get("details") or {}).get("accuracy_n") for v in variants
+          if v.get("accuracy") is not None}
     return f"Accuracy (n={ns.pop()} test images)" if len(ns) == 1 and None not in ns else "Accuracy"
 
 
@@ -165,8 +177,10 @@ def _variant_grid(variants: List[dict], selected: Optional[dict] = None) -> Tupl
     # Shown when a step reports multiply-adds (channel_prune): then they are the point of the run.
     if any("multiply_adds_after" in (s.get("info") or {}) for v in variants for s in v.get("steps") or []):
         rows.append(variant_row("Multiply-adds", lambda v: fmt_int((v.get("details") or {}).get("multiply_adds"))))
+    accuracy_title = _accuracy_title(variants)
+    shared_n = "n=" in accuracy_title   # then the cells need not repeat it
     rows += [
-        variant_row(_accuracy_title(variants), lambda v: fmt_pct(v.get("accuracy"))),
+        variant_row(accuracy_title, lambda v: fmt_metric(v, with_n=not shared_n)),
         variant_row("Train time/epoch", lambda v: fmt_s(v.get("train_time_per_epoch_s"))),
         variant_row("Inference time/step", lambda v: fmt_ms(v.get("inference_ms_per_step"))),
     ]
@@ -205,7 +219,9 @@ def _variant_grid(variants: List[dict], selected: Optional[dict] = None) -> Tupl
                 continue
             a = found[0]
             status = a.get("status", "ok")
-            if status != "ok":
+            if status == "unverified":   # it ran: show its numbers, and say it is not proven
+                cells.append(f"{fn(a)} (unverified)" if first else fn(a))
+            elif status != "ok":
                 cells.append(status_cell(status, a.get("reason", "")) if first else status)
             else:
                 cells.append(fn(a))
@@ -216,7 +232,7 @@ def _variant_grid(variants: List[dict], selected: Optional[dict] = None) -> Tupl
                                  first=True))
         rows.append(artifact_row(f"{label} gzip size", label, lambda a: fmt_bytes(a.get("gzip_bytes"))))
         if label in with_accuracy:
-            rows.append(artifact_row(f"{label} accuracy", label, lambda a: fmt_pct(a.get("accuracy"))))
+            rows.append(artifact_row(f"{label} accuracy", label, fmt_metric))
         for rt in runtimes[label] or [None]:
             title = f"{label} latency ({rt})" if rt else f"{label} latency"
             rows.append(artifact_row(title, label, lambda a: fmt_ms(_latency(a).get("p50")), rt))
@@ -253,7 +269,7 @@ def _results_grid(results: List[dict]) -> Tuple[List[str], List[List[str]]]:
 def _quality_cell(r: dict) -> str:
     """Accuracy on labelled data; else top-1 agreement with the reference artifact."""
     if r.get("accuracy") is not None:
-        return fmt_pct(r["accuracy"])
+        return fmt_metric(r)
     agree = r.get("agreement") or {}
     if agree.get("is_reference"):
         return "reference"

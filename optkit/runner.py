@@ -26,7 +26,7 @@ import numpy as np
 __all__ = [
     "RunnerError", "RuntimeMissing", "TensorSpec", "Predictor", "load_predictor", "measure", "summarize",
     "default_threads", "random_inputs", "PeakRSS", "bench_file", "bench_loaded", "device_info",
-    "file_sizes", "artifact_format",
+    "file_sizes", "artifact_format", "read_contract", "apply_contract", "score_file",
 ]
 
 TFLITE_RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
@@ -567,6 +567,135 @@ def bench_file(path, runtime=None, threads=None, batch=1, warmup=10, min_time=1.
     return result
 
 
+# --------------------------------------------------------------------------------------------
+# The input contract optkit stores with an artifact (optkit.contract writes it): how pixels
+# 0-255 become the model's input, so an artifact is fed correctly without being told again.
+# {"preprocess": "tf", "scale": [..], "offset": [..], "bgr": false}: input = pixels[, RGB->BGR]
+# * scale + offset, per channel (one value = every channel).
+
+CONTRACT_KEY = "optkit.preprocess"          # TFLite metadata name and ONNX metadata_props key
+CONTRACT_SIDECAR = ".optkit-preprocess.json"  # beside a file (SavedModel: inside the folder)
+
+
+def contract_sidecar(path):
+    path = os.fspath(path).rstrip("/\\")
+    if os.path.isdir(path):
+        return os.path.join(path, "optkit-preprocess.json")
+    return path + CONTRACT_SIDECAR
+
+
+def read_contract(path):
+    """The contract stored with `path` (TFLite metadata, ONNX metadata_props or a sidecar), or None."""
+    path = os.fspath(path)
+    text = None
+    sidecar = contract_sidecar(path)
+    if os.path.isfile(sidecar):
+        with open(sidecar, "r") as fh:
+            text = fh.read()
+    elif path.lower().endswith(".tflite") and os.path.isfile(path):
+        with open(path, "rb") as fh:
+            raw = _tflite_metadata(fh.read(), CONTRACT_KEY)
+        text = raw.decode("utf-8") if raw is not None else None
+    elif path.lower().endswith(".onnx") and os.path.isfile(path):
+        try:
+            import onnxruntime as ort
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+            text = sess.get_modelmeta().custom_metadata_map.get(CONTRACT_KEY)
+        except Exception:
+            text = None
+    if not text:
+        return None
+    try:
+        contract = json.loads(text)
+    except ValueError:
+        raise RunnerError("%s: unreadable input contract %r" % (path, text[:80]))
+    return contract if isinstance(contract, dict) and "scale" in contract else None
+
+
+def apply_contract(pixels, contract):
+    """Pixels 0-255 (N,H,W,C, any dtype) -> the model's input under `contract` (float32)."""
+    x = np.asarray(pixels, np.float32)
+    if not contract:
+        return x / 255.0          # no contract stored: optkit's default, [0, 1]
+    if contract.get("bgr"):
+        x = x[..., ::-1]
+    scale = np.asarray(contract["scale"], np.float32)
+    offset = np.asarray(contract["offset"], np.float32)
+    return (x * scale + offset).astype(np.float32)
+
+
+def _tflite_metadata(buf, name):
+    """The bytes of metadata entry `name` in a .tflite flatbuffer, or None (no TF, no schema
+    module: Model.metadata is field 6, Model.buffers field 4, Metadata = (name, buffer index),
+    Buffer = (data, offset, size) with offset/size used by models over 2 GB)."""
+    import struct
+
+    def u32(pos):
+        return struct.unpack_from("<I", buf, pos)[0]
+
+    def field(table, index):
+        vtable = table - struct.unpack_from("<i", buf, table)[0]
+        if 4 + 2 * index >= struct.unpack_from("<H", buf, vtable)[0]:
+            return None
+        off = struct.unpack_from("<H", buf, vtable + 4 + 2 * index)[0]
+        return table + off if off else None
+
+    def vector(pos):   # position of a uoffset to a vector -> (first element, length)
+        start = pos + u32(pos)
+        return start + 4, u32(start)
+
+    try:
+        root = u32(0)
+        meta = field(root, 6)
+        buffers = field(root, 4)
+        if meta is None or buffers is None:
+            return None
+        first, count = vector(meta)
+        for i in range(count):
+            entry = first + 4 * i + u32(first + 4 * i)
+            name_pos = field(entry, 0)
+            if name_pos is None:
+                continue
+            s, n = vector(name_pos)
+            if bytes(buf[s:s + n]).decode("utf-8", "replace") != name:
+                continue
+            index_pos = field(entry, 1)
+            index = u32(index_pos) if index_pos is not None else 0
+            bfirst, _ = vector(buffers)
+            table = bfirst + 4 * index + u32(bfirst + 4 * index)
+            data_pos = field(table, 0)
+            if data_pos is not None:
+                d, n = vector(data_pos)
+                return bytes(buf[d:d + n])
+            off_pos, size_pos = field(table, 1), field(table, 2)
+            if off_pos is not None and size_pos is not None:
+                off = struct.unpack_from("<Q", buf, off_pos)[0]
+                return bytes(buf[off:off + struct.unpack_from("<Q", buf, size_pos)[0]])
+            return None
+    except (struct.error, IndexError):
+        return None
+    return None
+
+
+def score_file(path, x, y, runtime=None, threads=None, batch=32):
+    """Top-1 (or per-pixel) accuracy of a .tflite/.onnx artifact on pixels `x` (0-255) and
+    labels `y`, fed through the artifact's stored contract. {"accuracy", "n", "preprocess"}."""
+    predictor = load_predictor(path, runtime=runtime, threads=threads)
+    contract = read_contract(path)
+    correct = total = 0
+    for i in range(0, len(x), batch):
+        out = np.asarray(predictor(apply_contract(x[i:i + batch], contract))[0])
+        truth = np.asarray(y[i:i + batch])
+        pred = out.argmax(-1) if out.shape[-1] > 1 else (out[..., 0] > 0.5).astype(np.int64)
+        pred = pred.reshape(truth.shape)
+        correct += int(np.sum(pred == truth))
+        total += int(truth.size)
+    return {"accuracy": correct / float(total) if total else None, "n": int(len(y)),
+            "preprocess": (contract or {}).get("preprocess", "unit (none stored)")}
+
+
 def _parse_args(argv):
     p = argparse.ArgumentParser(prog="runner.py", description="Time a .tflite or .onnx model.")
     p.add_argument("model")
@@ -578,6 +707,8 @@ def _parse_args(argv):
     p.add_argument("--min-runs", type=int, default=MIN_RUNS)
     p.add_argument("--max-runs", type=int, default=100000)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--data", default=None, help="a .npz of pixels 0-255 (x) and labels (y): also score "
+                   "accuracy, feeding the pixels through the artifact's stored input contract")
     return p.parse_args(argv)
 
 
@@ -589,7 +720,11 @@ def main(argv=None):
         result = bench_file(args.model, runtime=args.runtime, threads=args.threads, batch=args.batch,
                             warmup=args.warmup, min_time=args.min_time, min_runs=args.min_runs,
                             max_runs=args.max_runs)
-    except RunnerError as exc:
+        if args.data:
+            with np.load(args.data) as archive:
+                result["score"] = score_file(args.model, archive["x"], archive["y"], runtime=args.runtime,
+                                             threads=args.threads)
+    except (RunnerError, OSError, KeyError) as exc:
         sys.stderr.write("runner: error: %s\n" % exc)
         return 2
     result["env"] = device_info()
@@ -602,6 +737,9 @@ def main(argv=None):
                              result["path"], result["runtime"], result["backend"], result["threads"],
                              result["batch"], lat["p50"], lat["p90"], lat["p99"], lat["n"],
                              result["load_ms"], result["cold_ms"]))
+        if "score" in result:
+            sc = result["score"]
+            sys.stdout.write("accuracy %.4f (n=%d, preprocess %s)\n" % (sc["accuracy"], sc["n"], sc["preprocess"]))
     return 0
 
 

@@ -75,7 +75,8 @@ def test_synthetic_options_and_model_shape():
     ds = load_data("synthetic:shapes?n=200&size=48&classes=4&seed=3")
     _check_dataset(ds, (48, 48, 3), 4)
     assert ds.class_names == list(SHAPE_CLASSES[:4]) and len(ds) == 200
-    assert ds.details == {"generator": "shapes", "n": 200, "size": [48, 48], "classes": 4, "seed": 3}
+    assert ds.details == {"generator": "shapes", "n": 200, "size": [48, 48], "classes": 4, "seed": 3,
+                          "space": "pixels"}
     # Without ?size= the shapes are drawn at the model's input size; a gray model gets luma.
     gray = load_data("synthetic:shapes?n=50", input_shape=(40, 24, 1), num_classes=3)
     _check_dataset(gray, (40, 24, 1), 3)
@@ -222,7 +223,7 @@ def test_npz_float_images_one_hot_labels_and_0_255_floats(tmp_path):
 
 
 @pytest.mark.parametrize("arrays, kwargs, message", [
-    ({"images": np.zeros((4, 8, 8))}, {}, "needs arrays 'x' (images) and 'y' (labels)"),
+    ({"images": np.zeros((4, 8, 8))}, {}, "needs an array 'x' (images)"),
     ({"x": np.zeros((4, 8, 8)), "y": np.zeros(5, int)}, {}, "4 images but 5 labels"),
     ({"x": np.zeros((10, 8, 8)), "y": np.arange(10) % 4}, {"num_classes": 3}, "has 4 classes but the model outputs 3"),
     ({"x": np.zeros((10, 8, 8)), "y": np.arange(10) - 1}, {}, "labels must be >= 0"),
@@ -249,14 +250,14 @@ def test_a_corrupt_npz_is_a_user_error(tmp_path):
 # ------------------------------------------------------------------------------ tfds
 
 
-def test_tfds_never_downloads_and_says_why_it_cannot_load():
+def test_tfds_offline_never_downloads_and_says_why_it_cannot_load():
     with pytest.raises(UserError) as info:
-        load_data("tfds:optkit_no_such_dataset")
+        load_data("tfds:optkit_no_such_dataset", offline=True)
     text = str(info.value)
     if importlib.util.find_spec("tensorflow_datasets") is None:
-        assert "needs the tensorflow-datasets package" in text and "nothing is downloaded" in text
+        assert "needs the tensorflow-datasets package" in text
     else:
-        assert "unknown or unreadable tfds dataset" in text or "not in the local tfds cache" in text
+        assert "unknown or unreadable tfds dataset" in text or "offline mode forbids downloading" in text
 
 
 # ------------------------------------------------------------------------------ import cost
@@ -319,3 +320,88 @@ def test_small_data_is_named_in_one_line_and_large_data_is_not():
     assert data.split_summary(small)["small"]
     assert data.small_data_note(load_data("synthetic:shapes?classes=2&n=1200")) is None
     assert data.is_small(np.array([0] * 600 + [1] * 40))   # one class below 50
+
+
+# ------------------------------------------------------------------------------ keras.datasets
+
+
+def _cifar_batch(path, n, seed, label_key="labels"):
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    with open(path, "wb") as fh:
+        pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                     label_key.encode(): [int(v) for v in rng.integers(0, 10, n)]}, fh)
+
+
+def test_keras_datasets_read_from_the_keras_cache_offline(tmp_path, monkeypatch):
+    """The folders keras.datasets leaves in $KERAS_HOME/datasets, written small, read offline."""
+    import gzip
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    cache = tmp_path / "datasets"
+    folder = cache / "cifar-10-batches-py-target" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for i in range(1, 6):
+        _cifar_batch(folder / f"data_batch_{i}", 6, i)
+    _cifar_batch(folder / "test_batch", 10, 9)
+    ds = load_data("keras:cifar10", offline=True, seed=0)
+    assert len(ds) == 40 and ds.input_shape == (32, 32, 3) and ds.class_names[0] == "airplane"
+    assert ds.details["space"] == "pixels" and 0 <= ds.x_train.min() and ds.x_train.max() <= 1
+
+    rng = np.random.default_rng(0)
+    np.savez(cache / "mnist.npz", x_train=rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
+             y_train=np.arange(20) % 10, x_test=rng.integers(0, 256, (5, 28, 28), dtype=np.uint8),
+             y_test=np.arange(5))
+    mnist = load_data("keras:mnist", offline=True)
+    assert len(mnist) == 25 and mnist.input_shape == (28, 28, 1) and mnist.num_classes == 10
+
+    fashion = cache / "fashion-mnist"
+    fashion.mkdir()
+    for stem, n in (("train", 12), ("t10k", 4)):
+        with gzip.open(fashion / f"{stem}-labels-idx1-ubyte.gz", "wb") as fh:
+            fh.write(b"\0" * 8 + (np.arange(n) % 10).astype(np.uint8).tobytes())
+        with gzip.open(fashion / f"{stem}-images-idx3-ubyte.gz", "wb") as fh:
+            fh.write(b"\0" * 16 + rng.integers(0, 256, (n, 28, 28), dtype=np.uint8).tobytes())
+    assert len(load_data("keras:fashion_mnist", offline=True, input_shape=(28, 28, 3))) == 16
+
+    with pytest.raises(UserError, match="offline mode forbids downloading"):
+        load_data("keras:cifar100", offline=True)
+    with pytest.raises(UserError, match="unknown Keras dataset"):
+        load_data("keras:imagenet", offline=True)
+
+
+# ------------------------------------------------------------------------------ segmentation, unlabelled, model space
+
+
+def test_segmentation_masks_from_npz_and_from_images_masks_folders(tmp_path):
+    from tests.user_models import segmentation_pixels, write_segmentation_folder
+
+    x, masks = segmentation_pixels(20, seed=1, size=16)
+    np.savez(tmp_path / "seg.npz", x=x, y=masks)
+    ds = load_data(str(tmp_path / "seg.npz"), input_shape=(8, 8, 3), num_classes=3)
+    assert ds.task == "segmentation" and ds.y_train.shape[1:] == (8, 8)
+    assert set(np.unique(ds.y_train)) <= {0, 1, 2}            # nearest-neighbour: no blended labels
+    root = write_segmentation_folder(str(tmp_path / "segdir"), x, masks)
+    folder = load_data(root, seed=0)
+    assert folder.task == "segmentation" and len(folder) == 20 and folder.y_test.shape[1:] == (16, 16)
+    with pytest.raises(UserError, match="more than|classes but the model outputs"):
+        load_data(root, num_classes=2)
+
+
+def test_images_without_labels_npz_and_folder(tmp_path):
+    from tests.user_models import write_unlabelled_folder
+
+    x = np.random.default_rng(0).integers(0, 256, (12, 10, 10, 3), dtype=np.uint8)
+    np.savez(tmp_path / "x.npz", x=x)
+    ds = load_data(str(tmp_path / "x.npz"), num_classes=4)
+    assert not ds.labelled and ds.y_train is None and ds.task == "unlabelled" and len(ds) == 12
+    folder = load_data(write_unlabelled_folder(str(tmp_path / "imgs"), x))
+    assert not folder.labelled and folder.x_train.max() <= 1.0 and len(folder) == 12
+
+
+def test_data_already_in_model_space_is_kept_as_given(tmp_path):
+    x = np.random.default_rng(0).uniform(-1, 1, (20, 8, 8, 3)).astype(np.float32)
+    np.savez(tmp_path / "tf.npz", x=x, y=np.arange(20) % 2)
+    ds = load_data(str(tmp_path / "tf.npz"), input_shape=(4, 4, 3), val_fraction=0, test_fraction=0.1)
+    assert ds.details["space"] == "model" and ds.x_train.min() < -0.5   # resized, not clipped to [0, 1]

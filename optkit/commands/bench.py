@@ -29,6 +29,10 @@ from optkit import runtimes
 @click.option("--data", "data_src", default=None, metavar="SRC",
               help="Labelled data for accuracy (image folder, .npz, tfds:NAME, synthetic:NAME). "
                    "Without it: output agreement with the first artifact.")
+@click.option("--preprocess", default=None, metavar="MODE",
+              help="With --data: how pixels become the artifacts' inputs (unit, raw, tf, torch, caffe, "
+                   "scale=A,offset=B[,bgr]) [default: the contract stored with each artifact, else unit].")
+@click.option("--offline", is_flag=True, help="Never download --data (keras:/tfds: sources).")
 @click.option("--reference", default=None, metavar="ARTIFACT",
               help="Compare outputs against this artifact instead of the first one.")
 @click.option("--remote", default=None, metavar="USER@HOST[:PORT]",
@@ -49,7 +53,7 @@ from optkit import runtimes
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
 @click.pass_context
 def bench_cmd(ctx, artifacts, runtimes, threads, batch, warmup, min_time, min_runs, data_src,
-              reference, remote, ssh_identity, known_hosts, remote_python, adb_serial,
+              preprocess, offline, reference, remote, ssh_identity, known_hosts, remote_python, adb_serial,
               benchmark_binary, output, as_json):
     """Measure latency of ARTIFACT(s): load, cold call, warm-up, then timed runs until both
     --min-time and --min-runs; prints p50/p90/p99/mean/std/n, load and cold times, peak RSS."""
@@ -97,9 +101,17 @@ def bench_cmd(ctx, artifacts, runtimes, threads, batch, warmup, min_time, min_ru
     else:
         from optkit import bench as bench_mod
 
+        if preprocess is not None:
+            from optkit import contract
+
+            contract.parse(preprocess)
+        if offline:
+            import os
+
+            os.environ["OPTKIT_OFFLINE"] = "1"
         doc = bench_mod.bench(list(artifacts), runtimes=runtimes, threads=threads, batch=batch,
                               warmup=warmup, min_time=min_time, min_runs=min_runs,
-                              data=data_src, reference=reference, progress=say)
+                              data=data_src, reference=reference, progress=say, preprocess=preprocess)
     if output:
         report_mod.write_text(json.dumps(doc, indent=1) + "\n", output)
         say(f"bench: wrote {output}")

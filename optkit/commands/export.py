@@ -26,8 +26,17 @@ from optkit.records import PRECISIONS as QUANTIZE
               help=f"Formats: {', '.join(exporters.names())} (comma-separated).")
 @click.option("--quantize", type=click.Choice(QUANTIZE), default="none", show_default=True,
               help="Precision of the exported artifacts.")
-@click.option("--data", metavar="SRC", help="Calibration/validation data (folder, .npz, tfds:NAME, synthetic:NAME). "
-              "Without it int8 calibrates on random [0, 1] inputs, and the artifact says so.")
+@click.option("--data", metavar="SRC", help="Calibration/validation data as pixels (class folders, images/+masks/, "
+              "a folder of images, .npz, keras:NAME, tfds:NAME, synthetic:NAME). Without it int8 calibrates "
+              "on random pixels and is `unverified`.")
+@click.option("--preprocess", metavar="MODE", default=None,
+              help="What the model expects: unit (0-1), raw (0-255), tf (-1..1), torch, caffe, "
+                   "scale=A,offset=B[,bgr], or auto (adopt what probing labelled --data finds). "
+                   "Default: stored with the model, else its own Rescaling layer, else unit.")
+@click.option("--max-drop", type=click.FloatRange(0), default=None, metavar="POINTS",
+              help="With labelled --data: the task-metric drop a quantized artifact may show against "
+                   "the model [default: 3 for int8/dynamic, 1 for float16].")
+@click.option("--offline", is_flag=True, help="Never download data (keras:/tfds: sources).")
 @click.option("-o", "--output", "out_dir", default=".", show_default=True, type=click.Path(),
               help="Directory for the artifacts.")
 @click.option("--option", "raw_options", multiple=True, metavar="FMT:KEY=VALUE",
@@ -37,7 +46,8 @@ from optkit.records import PRECISIONS as QUANTIZE
 @click.option("--unsafe", is_flag=True, help="Allow loading models with Lambda layers (runs their code).")
 @int8_options()
 @click.pass_context
-def export_cmd(ctx, model, formats, quantize, data, out_dir, raw_options, threads, as_json, unsafe, **int8):
+def export_cmd(ctx, model, formats, quantize, data, preprocess, max_drop, offline, out_dir, raw_options,
+               threads, as_json, unsafe, **int8):
     """Export MODEL (.keras, .h5 or SavedModel dir) and validate every artifact against MODEL."""
     from optkit import export as export_mod
 
@@ -51,18 +61,27 @@ def export_cmd(ctx, model, formats, quantize, data, out_dir, raw_options, thread
     if threads is not None and threads < 1:
         raise UserError("--threads must be >= 1")
 
+    from optkit import contract as contract_mod
     from optkit import keras_io
 
+    if preprocess is not None and preprocess.strip().lower() != "auto":
+        contract_mod.parse(preprocess)   # a typo costs milliseconds
     loaded = keras_io.load(model, unsafe=unsafe)
-    dataset = _load_data(data, loaded.model) if data else None
+    dataset = _load_data(data, loaded.model, offline) if data else None
     stem = os.path.splitext(os.path.basename(os.path.normpath(model)))[0] or "model"
 
     def progress(line):
         if not as_json:
             click.echo(line, err=True)
 
+    if max_drop is None and int8.get("int8_max_drop") is not None:
+        max_drop = int8["int8_max_drop"]   # the int8 search's goal is also what validation holds it to
+    contract, dataset = contract_mod.prepare(preprocess, model=loaded.model, path=model, data=dataset,
+                                             say=lambda m: (not as_json or m.startswith("warning")) and
+                                             click.echo(f"optkit: {m}", err=True))
     artifacts = export_mod.export_model(loaded.model, names, out_dir, quantize=quantize, data=dataset,
-                                        stem=stem, threads=threads, options=options, progress=progress)
+                                        stem=stem, threads=threads, options=options, progress=progress,
+                                        contract=contract, max_drop=max_drop)
     if as_json:
         click.echo(json.dumps({"artifacts": [a.to_json() for a in artifacts]}, indent=2))
     else:
@@ -73,7 +92,9 @@ def export_cmd(ctx, model, formats, quantize, data, out_dir, raw_options, thread
             click.echo(f"\nint8 layers, worst first ({label}):\n" + report.quant_table(q))
     code = 0
     for art in artifacts:
-        if art.status == "skipped":
+        if art.status == "unverified":
+            click.echo(f"optkit: {art.format} unverified: {art.reason}", err=True)
+        elif art.status == "skipped":
             click.echo(f"optkit: {art.format} skipped: {art.reason}", err=True)
             code = 1
         elif art.status == "failed":
@@ -112,7 +133,7 @@ def _value(text):
     return text
 
 
-def _load_data(src, model):
+def _load_data(src, model, offline=False):
     try:
         from optkit.data import load_data
     except ImportError:
@@ -120,7 +141,10 @@ def _load_data(src, model):
     from optkit import keras_io
 
     shape = keras_io.input_specs(model)[0][1]
-    return load_data(src, input_shape=tuple(int(d) for d in shape[1:]))
+    outputs = keras_io.output_specs(model)
+    classes = outputs[0][1][-1] if outputs and outputs[0][1] and outputs[0][1][-1] else None
+    return load_data(src, input_shape=tuple(int(d) for d in shape[1:]), offline=offline or None,
+                     num_classes=int(classes) if classes and classes > 1 else None)
 
 
 def _mb(n):
@@ -128,17 +152,23 @@ def _mb(n):
 
 
 def render_table(artifacts):
-    rows = [("format", "quantize", "status", "size", "gzip", "max |diff|", "top-1", "path / reason")]
+    rows = [("format", "quantize", "status", "size", "gzip", "max |diff|", "top-1", "SNR", "metric vs model (n)",
+             "path / reason")]
     for a in artifacts:
         p = a.parity
         max_abs = "-" if p is None or p.max_abs is None else f"{p.max_abs:.2g}"
         top1 = "-" if p is None or p.top1_agreement is None else f"{p.top1_agreement:.3f}"
+        snr = "-" if p is None or p.snr_db is None else f"{p.snr_db:.1f} dB"
+        m = p.metric if p is not None else None
+        metric = "-" if not m else (f"{m['metric']} {100 * m['artifact']:.1f}% vs {100 * m['source']:.1f}% "
+                                    f"(n={m['n']})")
         where = a.path or ""
         if a.reason:
             where = f"{where} ({a.reason})" if where else a.reason
         elif p is not None and p.ok is None:
             where = f"{where} ({p.reason})"
-        rows.append((a.format, a.quantize, a.status, _mb(a.size_bytes), _mb(a.gzip_bytes), max_abs, top1, where))
+        rows.append((a.format, a.quantize, a.status, _mb(a.size_bytes), _mb(a.gzip_bytes), max_abs, top1, snr,
+                     metric, where))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
     for a in artifacts:   # --option tflite:sparse=true: whether the sparse encoding was kept, and what it bought

@@ -45,13 +45,19 @@ from optkit.errors import UserError
               help="Fine-tune under tf.distribute MirroredStrategy / MultiWorkerMirroredStrategy.")
 @click.option("--unsafe", is_flag=True, help="Allow loading models with Lambda layers (runs their code).")
 @click.option("--seed", type=int, help="Seed for data, initialisation and training (default 0).")
+@click.option("--preprocess", metavar="MODE", default=None,
+              help="What MODEL expects: unit (0-1), raw (0-255), tf (-1..1), torch, caffe, scale=A,offset=B[,bgr], "
+                   "or auto (adopt what probing labelled --data finds). Default: stored with MODEL, else its "
+                   "own Rescaling layer, else a probe with labelled data, else unit (assumed).")
+@click.option("--offline", is_flag=True, help="Never download data (keras:/tfds: sources).")
 # Hidden: the tiny schedule (1 epoch, a few hundred samples, short timings) for end-to-end tests.
 # Same as OPTKIT_TINY=1 in the environment.
 @click.option("--tiny", is_flag=True, default=None, hidden=True)
 @int8_options(goal=False)
 @click.pass_context
 def optimize_cmd(ctx, model, data, recipe, steps, to, epochs, batch_size, out_dir, resume, force, as_json, dry_run,
-                 plan_file, max_accuracy_drop, budget, trials, strategy, unsafe, seed, tiny, **int8):
+                 plan_file, max_accuracy_drop, budget, trials, strategy, unsafe, seed, preprocess, offline, tiny,
+                 **int8):
     """Rewrite, speed up, compress, export, validate and benchmark MODEL; write a report.
 
     With no MODEL and no --data: the embedded demo (the zoo Lesson 14 CNN on synthetic shapes,
@@ -84,12 +90,17 @@ def optimize_cmd(ctx, model, data, recipe, steps, to, epochs, batch_size, out_di
             plan.strategy = strategy
         if unsafe:
             plan.unsafe = True
+        plan.offline = plan.offline or offline
     else:
+        if preprocess is not None and preprocess.strip().lower() != "auto":
+            from optkit import contract
+
+            contract.parse(preprocess)   # a typo fails before TensorFlow loads
         plan = plan_mod.resolve(model=model, data=data, recipe=recipe, steps=steps, to=to, epochs=epochs,
                                 batch_size=batch_size, seed=seed, strategy=strategy,
                                 max_accuracy_drop=max_accuracy_drop, budget=budget, trials=trials,
                                 int8=int8_settings(int8),
-                                unsafe=unsafe, tiny=tiny)
+                                unsafe=unsafe, tiny=tiny, preprocess=preprocess, offline=offline)
 
     if dry_run:
         click.echo(plan_mod.dumps(plan) if as_json else plan.describe())
