@@ -305,3 +305,16 @@ def test_report_shows_multiply_adds_when_a_step_reports_them():
     header, rows = report.grid(doc)
     cells = {r[0]: r[1:] for r in rows}
     assert cells["Multiply-adds"][:2] == ["4,000,000", "1,000,000"]
+
+
+def test_inspect_command_says_what_can_shrink_for_a_legacy_h5(tmp_path):
+    from click.testing import CliRunner
+
+    from optkit.cli import cli
+
+    path = str(tmp_path / "user.h5")
+    small_cnn("tf_keras").save(path)
+    result = CliRunner().invoke(cli, ["inspect", path])
+    assert result.exit_code == 0, result.output
+    assert "channel_prune can shrink 2 groups (48 channels, 0 tied across layers)" in result.output
+    assert "fixed: head (model output)" in result.output
