@@ -55,6 +55,7 @@ def parse_args(argv=None):
     ap.add_argument("--importance", default="l2", help="channel_prune importance")
     ap.add_argument("--sparsity", type=float, default=0.8, help="magnitude pruning sparsity")
     ap.add_argument("--fine-tune-epochs", type=int, default=8, help="fine-tune epochs of both prunings")
+    ap.add_argument("--patience", type=int, default=4, help="early stopping patience of channel_prune and the control")
     ap.add_argument("--tolerance", type=float, default=3.0, help="accuracy points a technique may lose")
     ap.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds per thread count")
     ap.add_argument("--slice", type=float, default=0.1, help="seconds per artifact per round")
@@ -96,7 +97,7 @@ def longer_training(model, data, args):
     copy = keras_io.clone(model)
     t0 = time.perf_counter()
     train.fit(copy, data, epochs=args.fine_tune_epochs, batch_size=args.batch_size, learning_rate=1e-3,
-              early_stopping=2, progress=False, seed=args.seed)
+              early_stopping=args.patience, progress=False, seed=args.seed)
     log(f"baseline +{args.fine_tune_epochs} epochs: {time.perf_counter() - t0:.0f} s")
     return copy
 
@@ -158,7 +159,8 @@ def main(argv=None):
     model, data, how = _compression_bench().base_model(args)
     log(how)
     magnitude = run_step("prune", model, data, args, sparsity=args.sparsity, skip_first=True, skip_last=True)
-    channel = run_step("channel_prune", model, data, args, ratio=args.ratio, importance=args.importance)
+    channel = run_step("channel_prune", model, data, args, ratio=args.ratio, importance=args.importance,
+                       patience=args.patience)
     control = longer_training(model, data, args)
     rows = []
     with tempfile.TemporaryDirectory(prefix="optkit-pruning-") as workdir:
