@@ -54,7 +54,7 @@ def main(argv=None):
 
     if args.onednn != "default":   # a script, not a library: it may choose its own process's setting
         os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if args.onednn == "on" else "0"
-    from optkit import optimize, plan as plan_mod
+    from optkit import optimize, plan as plan_mod, report as report_mod
 
     started = time.perf_counter()
     # The same plan `optkit optimize --recipe lesson14` runs: every rung a plan variant.
@@ -67,7 +67,7 @@ def main(argv=None):
     report["ratios_to_naive"] = report["ladder"]["ratios_to_naive"]
     report["benchmark"] = {"epochs": args.epochs, "limit": args.limit, "batch": args.batch,
                            "wall_time_s": time.perf_counter() - started, "targets": check_targets(report)}
-    print(optimize.summary(report))
+    print(report_mod.optimize_summary(report))
     print("\n".join(f"- {n}" for n in report["notes"]))
     print()
     print(render_targets(report["benchmark"]["targets"]))

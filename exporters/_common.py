@@ -130,12 +130,16 @@ def quiet_stdout():
 def check_request(name, precisions, known_options, quantize, options):
     """A precision the format lacks, or an option it does not take, is the user's to fix (exit 2).
     Checked before any conversion, and by optkit.export for every format before the first one runs."""
+    from optkit import options as options_mod
+
     if quantize not in precisions:
         raise UserError(f"{name} cannot quantize '{quantize}' (supported: {', '.join(precisions)})")
-    unknown = sorted(set(options or {}) - set(known_options))
+    known_names = options_mod.names(known_options)
+    unknown = sorted(set(options or {}) - set(known_names))
     if unknown:
-        known = ", ".join(known_options) or "none"
+        known = ", ".join(known_names) or "none"
         raise UserError(f"{name}: unknown option(s) {', '.join(unknown)} (known: {known})")
+    options_mod.validate(known_options, options or {}, owner=name)   # types, choices, ranges
 
 
 def first_line(exc: BaseException) -> str:

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import os
 import platform
+from dataclasses import dataclass
+from typing import Optional
 
 from exporters import _common
 from optkit.errors import Unavailable, UserError
+from optkit.options import option
 from optkit.runner import Predictor, TensorSpec
 from optkit.runtimes import Runtime
 
@@ -30,7 +33,17 @@ NAMES_OUTPUTS = True
 
 # Largest batch the package accepts; Core ML needs a bound for a flexible dimension.
 MAX_BATCH = 64
-OPTIONS = ("palettize_bits", "prune_sparsity", "weight_threshold", "minimum_deployment_target", "max_batch")
+@dataclass(frozen=True)
+class Options:
+    palettize_bits: Optional[int] = option(None, "palettize weights to 2**bits shared values", min=1, max=8)
+    prune_sparsity: Optional[float] = option(None, "prune weights to this share of zeros", min=0.0, max=1.0,
+                                             max_open=True)
+    weight_threshold: int = option(2048, "compress only weights with at least this many elements", min=0)
+    minimum_deployment_target: str = option("", "e.g. iOS16 (default: iOS16 when compressing)")
+    max_batch: int = option(MAX_BATCH, "largest batch the package accepts", min=1)
+
+
+OPTIONS = Options
 
 
 def available():

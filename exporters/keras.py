@@ -10,12 +10,13 @@ import os
 
 from exporters import _common
 from optkit.errors import UserError
+from optkit.options import NoOptions
 
 NAME = "keras"
 SUFFIX = ".keras"
 PRECISIONS = ("none",)
 NAMES_OUTPUTS = True
-OPTIONS = ()
+OPTIONS = NoOptions      # takes no converter options
 
 
 def available():

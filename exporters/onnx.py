@@ -13,10 +13,12 @@ u8s8 multiply there (STACK.md measured top-1 agreement 0.65 -> 0.94 with it).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from exporters import _common
 from optkit import quant_debug
 from optkit.errors import Unavailable, UserError
+from optkit.options import option
 
 NAME = "onnx"
 SUFFIX = ".onnx"
@@ -25,8 +27,17 @@ NAMES_OUTPUTS = True
 
 # Opset 17 converts every zoo model here with tf2onnx 1.17 and runs on onnxruntime >= 1.13.
 DEFAULT_OPSET = 17
-OPTIONS = ("opset", "per_channel", "reduce_range", "calibration_samples", "op_types",
-           "calibration_method") + quant_debug.OPTIONS
+@dataclass(frozen=True)
+class Options(quant_debug.Int8Options):
+    opset: int = option(DEFAULT_OPSET, "ONNX opset", min=7)
+    per_channel: bool = option(False, "int8: per-channel weight scales")
+    reduce_range: bool = option(True, "int8: 7-bit weights (needed on CPUs without VNNI)")
+    calibration_samples: int = option(_common.CALIBRATION_SAMPLES, "representative samples for int8", min=1)
+    op_types: object = option("", "int8: op types to quantize (comma-separated or a list; default all)")
+    calibration_method: str = option("minmax", "int8 calibration", choices=quant_debug.METHODS)
+
+
+OPTIONS = Options
 
 
 def available():
@@ -54,9 +65,9 @@ def export(model, out_path, *, quantize="none", data=None, **options):
             if quantize == "dynamic":
                 _quantize_dynamic(float_path, tmp, options, details)
             elif quantize == "int8":
-                _quantize_static(model, float_path, tmp, data, options, details)
+                quantize_static(model, float_path, tmp, data, options, details)
             elif quantize == "float16":
-                _to_float16(float_path, tmp, details)
+                to_float16(float_path, tmp, details)
         finally:
             if float_path != tmp and os.path.exists(float_path):
                 os.unlink(float_path)
@@ -102,7 +113,7 @@ def _quantize_dynamic(src, dst, options, details):
     details.update(quantizer="onnxruntime.quantization.quantize_dynamic", weight_type="QInt8", **kwargs)
 
 
-def _quantize_static(model, src, dst, data, options, details, symmetric=False):
+def quantize_static(model, src, dst, data, options, details, symmetric=False):
     """Static QDQ int8. `symmetric=True` (zero points 0 for activations and weights) is what
     TensorRT's explicit quantization requires (exporters.tensorrt builds from this)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -127,7 +138,7 @@ def _quantize_static(model, src, dst, data, options, details, symmetric=False):
                    **kwargs)
 
 
-def _to_float16(src, dst, details):
+def to_float16(src, dst, details):
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 

@@ -13,13 +13,14 @@ import re
 
 from exporters import _common
 from optkit.errors import UserError
+from optkit.options import NoOptions
 from optkit.runner import Predictor, TensorSpec
 
 NAME = "saved_model"
 SUFFIX = "_saved_model"      # a directory: model_saved_model/
 PRECISIONS = ("none",)
 NAMES_OUTPUTS = True
-OPTIONS = ()
+OPTIONS = NoOptions      # takes no converter options
 
 
 def available():

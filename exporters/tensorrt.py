@@ -26,12 +26,14 @@ parser, the profile, version gating, shape checks) are plain Python and tested e
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
 from exporters import _common
 from optkit.errors import Unavailable, UserError
+from optkit.options import option
 from optkit.runner import Predictor, TensorSpec
 from optkit.runtimes import Runtime
 
@@ -43,7 +45,18 @@ PRECISIONS = ("none", "float16", "int8")
 SUPPORTED_MAJORS = (10, 11)
 MAX_BATCH = 32
 WORKSPACE_BYTES = 1 << 30
-OPTIONS = ("max_batch", "opt_batch", "hw_range", "workspace_bytes", "calibration_samples", "opset")
+@dataclass(frozen=True)
+class Options:
+    max_batch: int = option(MAX_BATCH, "largest batch of the optimisation profile", min=1)
+    opt_batch: Optional[int] = option(None, "batch the engine is tuned for (default: max_batch)", min=1)
+    hw_range: str = option("", "MIN:OPT:MAX input height/width for a dynamic-size profile")
+    workspace_bytes: int = option(WORKSPACE_BYTES, "builder workspace", min=1)
+    calibration_samples: int = option(_common.CALIBRATION_SAMPLES, "representative samples for int8", min=1)
+    opset: Optional[int] = option(None, "opset of the ONNX handed to the parser (default: the onnx exporter's)",
+                                  min=7)
+
+
+OPTIONS = Options
 
 
 def _gpu_present() -> bool:
@@ -228,11 +241,11 @@ def onnx_for_engine(model, path, *, quantize="none", data=None, options=None) ->
     onnx_exporter.to_onnx(model, float_path, opset=opset)
     try:
         if quantize == "float16":
-            onnx_exporter._to_float16(float_path, path, details)
+            onnx_exporter.to_float16(float_path, path, details)
         elif quantize == "int8":
             qopts = {"per_channel": True, "reduce_range": False,
                      "calibration_samples": options.get("calibration_samples", _common.CALIBRATION_SAMPLES)}
-            onnx_exporter._quantize_static(model, float_path, path, data, qopts, details, symmetric=True)
+            onnx_exporter.quantize_static(model, float_path, path, data, qopts, details, symmetric=True)
             details["int8"] = "explicit quantization (QDQ, symmetric, per-channel weights)"
         else:
             raise UserError(f"tensorrt cannot build '{quantize}' (supported: {', '.join(PRECISIONS)})")

@@ -9,17 +9,27 @@ export cares about: tensor types, the op list and whether XNNPACK took the graph
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from exporters import _common
 from optkit import quant_debug
 from optkit.errors import Unavailable, UserError
+from optkit.options import option
 from optkit.runner import Predictor
 
 NAME = "tflite"
 SUFFIX = ".tflite"
 PRECISIONS = ("none", "dynamic", "float16", "int8")
 
-OPTIONS = ("int8_io", "allow_float", "calibration_samples", "sparse") + quant_debug.OPTIONS
+@dataclass(frozen=True)
+class Options(quant_debug.Int8Options):
+    int8_io: bool = option(True, "for int8, int8 inputs and outputs (false: float I/O around int8 ops)")
+    allow_float: bool = option(False, "for int8, let ops with no int8 kernel stay float")
+    calibration_samples: int = option(_common.CALIBRATION_SAMPLES, "representative samples for int8", min=1)
+    sparse: bool = option(False, "keep pruned weights in the sparse encoding where LiteRT runs it")
+
+
+OPTIONS = Options
 
 
 def available():
@@ -111,20 +121,10 @@ def _converter(model, tf):
     flavour = keras_io.flavour_of(model)
     if flavour == keras_io.SAVED_MODEL:
         return tf.lite.TFLiteConverter.from_saved_model(model.path)
-    if flavour == keras_io.KERAS3 or _has_tfmot_wrappers(model):
+    if flavour == keras_io.KERAS3 or keras_io.has_tfmot_layers(model):
         return tf.lite.TFLiteConverter.from_keras_model(model)
     _, concrete, _ = _common.named_serving_function(model)
     return tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
-
-
-def _has_tfmot_wrappers(model):
-    stack = list(getattr(model, "layers", []))
-    while stack:
-        layer = stack.pop()
-        if type(layer).__module__.startswith("tensorflow_model_optimization"):
-            return True
-        stack.extend(getattr(layer, "layers", []))
-    return False
 
 
 def load(path, *, threads=None, runtime=None, **options):
@@ -187,7 +187,7 @@ def inspect(path):
     """
     from optkit import runner
 
-    Interpreter, backend, _ = runner._import_interpreter()
+    Interpreter, backend, _ = runner.import_interpreter()
     info = {"interpreter": backend}
     plain_kwargs = {}
     resolver = _resolver_without_delegates(backend)

@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from optkit import graph_edit
+from optkit import graph_edit, keras_io
 from optkit.errors import UserError
 
 # Layers that make new channels, and the weight/axis holding them.
@@ -178,7 +178,6 @@ class ChannelGraph:
     def _visit(self, entry, name, inbound):
         cls = entry["class_name"]
         cfg = entry.get("config") or {}
-        module = str(entry.get("module") or "")
         if cls == "InputLayer" or not inbound:
             shape = cfg.get("batch_shape") or cfg.get("batch_input_shape") or [None]
             self._tensors[(name, 0, 0)] = self._fixed_layout(shape[-1], "model input")
@@ -193,7 +192,7 @@ class ChannelGraph:
         layouts = [self._layout(r) for r in refs]
         live = self._live(name)
         out = None
-        if module.startswith("keras.src.ops"):
+        if keras_io.is_op_config(entry):
             out = self._op(name, cls, entry, layouts)
         elif cfg.get("data_format", "channels_last") != "channels_last":
             out = None

@@ -185,7 +185,7 @@ def parameter_count(model) -> int:
     seen, total = set(), 0
     for layer in _flat_layers(model):
         weights = layer.weights
-        if "tensorflow_model_optimization" in (type(layer).__module__ or ""):
+        if keras_io.is_tfmot_layer(layer):
             # The wrapper lists the wrapped layer's variables (`conv2d/kernel`) and its own
             # (`quant_conv2d/kernel_min`, `.../optimizer_step`), which carry its name.
             weights = [w for w in weights if not w.name.startswith(f"{layer.name}/")]

@@ -21,22 +21,16 @@ def check_rebuildable(model) -> None:
     """UserError naming the culprit if `model` is not a graph of built-in Keras 3 layers."""
     if keras_io.flavour_of(model) != keras_io.KERAS3:
         raise UserError("graph rewrites work on Keras 3 models; convert with keras_io.to_keras3 first")
-    if not is_graph_model(model):
+    if not keras_io.is_graph_model(model):
         raise UserError(f"model '{model.name}' is a subclassed {type(model).__name__}: its call() is Python code, "
                         "so optkit cannot rewrite its graph (rebuild it as a functional or Sequential model)")
     for layer in walk_layers(model):
-        module = type(layer).__module__
-        if is_graph_model(layer):
+        if keras_io.is_graph_model(layer):
             continue
-        if not module.startswith("keras."):
-            raise UserError(f"layer '{layer.name}' is a custom layer ({type(layer).__name__} from {module}); "
+        if not keras_io.is_builtin(layer):
+            raise UserError(f"layer '{layer.name}' is a custom layer ({keras_io.class_path(layer)}); "
                             "optkit can only rewrite graphs made of built-in Keras layers")
 
-
-def is_graph_model(model) -> bool:
-    """True for Sequential and functional models (their graph is data), False for subclassed ones."""
-    names = {k.__name__ for k in type(model).__mro__ if (k.__module__ or "").startswith("keras.")}
-    return type(model).__module__.startswith("keras.") and bool(names & {"Functional", "Sequential"})
 
 
 def walk_layers(model) -> Iterable:
@@ -147,10 +141,7 @@ def _is_sequential(model, config):
 def _from_config(model, config, weights, skip=frozenset()):
     keras = keras_io.keras3()
     cls = keras.Sequential if _is_sequential(model, config) else keras.Model
-    from keras.src.saving import serialization_lib   # safe mode off: the model is already in memory
-
-    with serialization_lib.SafeModeScope(False):
-        new = cls.from_config(config)
+    new = keras_io.from_config_trusted(cls, config)   # the model is already in memory
 
     top_level = {l.name for l in model.layers}
     for layer in new.layers:

@@ -141,6 +141,67 @@ def flavour_of(model) -> str:
     raise UserError(f"not a Keras model: {type(model).__name__}")
 
 
+def is_builtin(obj) -> bool:
+    """True if `obj`'s class comes from Keras itself (either flavour), not from user code or tfmot."""
+    module = type(obj).__module__ or ""
+    return module.startswith(("keras.", "tf_keras.")) or module in ("keras", "tf_keras")
+
+
+def class_path(obj) -> str:
+    """'Erf from my_layers' - where an object's class comes from, for messages."""
+    return f"{type(obj).__name__} from {type(obj).__module__}"
+
+
+def is_graph_model(model) -> bool:
+    """True for Sequential and functional models (their graph is data), False for subclassed ones."""
+    names = {k.__name__ for k in type(model).__mro__ if (k.__module__ or "").startswith(("keras.", "tf_keras."))}
+    return is_builtin(model) and bool(names & {"Functional", "Sequential"})
+
+
+def is_tfmot_layer(layer) -> bool:
+    """A tensorflow-model-optimization wrapper or layer (QuantizeWrapper, PruneLowMagnitude, ...)."""
+    return (type(layer).__module__ or "").startswith("tensorflow_model_optimization")
+
+
+def has_tfmot_layers(model) -> bool:
+    stack = list(getattr(model, "layers", []))
+    while stack:
+        layer = stack.pop()
+        if is_tfmot_layer(layer):
+            return True
+        stack.extend(getattr(layer, "layers", []))
+    return False
+
+
+def is_op_config(entry: dict) -> bool:
+    """A layer entry of a Keras 3 functional config that stands for a `keras.ops` call (x + y,
+    ops.mean, ...) rather than a layer."""
+    return str(entry.get("module") or "").startswith("keras.src.ops")
+
+
+def user_objects(layers) -> dict:
+    """Classes and activation functions among `layers` that tf_keras cannot deserialize by name
+    (custom layers, Keras-3-only activations mapped to same-named functions): what tfmot's
+    internal clone must be given as custom objects."""
+    custom = {}
+    for layer in layers:
+        if not (type(layer).__module__ or "").startswith("tf_keras"):
+            custom[type(layer).__name__] = type(layer)
+        fn = getattr(layer, "activation", None)
+        if callable(fn) and not (getattr(fn, "__module__", "") or "").startswith("tf_keras") and hasattr(fn, "__name__"):
+            custom[fn.__name__] = fn
+    return custom
+
+
+def from_config_trusted(cls, config):
+    """`cls.from_config(config)` with Keras 3's safe mode off: for configs optkit built from a model
+    already in memory (its Lambda layers were accepted when it was loaded)."""
+    from keras.src.saving import serialization_lib   # Keras 3 offers the scope only here
+
+    with serialization_lib.SafeModeScope(False):
+        return cls.from_config(config)
+
+
 def keras_module(flavour):
     """The Keras package of a flavour: `keras` for 'keras3', `tf_keras` for 'tf_keras'."""
     return keras3() if flavour == KERAS3 else tf_keras()
@@ -350,6 +411,25 @@ def save(model, path):
     else:
         _atomic(path, lambda tmp: _save_saved_model(model, tmp))
     return path
+
+
+def save_variant(model, folder: str, stem: str = "model"):
+    """Save `model` in `folder` as `stem.keras` (Keras 3, what users get back); a model that has no
+    Keras 3 form (a quantize-wrapped QAT model) as tf_keras' own `stem.h5`.
+    Returns (path, note): note says why it is an .h5 (empty for .keras). Raises if neither works."""
+    path = os.path.join(folder, f"{stem}.keras")
+    try:
+        return save(model, path), ""
+    except Exception as exc:  # noqa: BLE001 - the .h5 fallback below says both reasons
+        first = _first_line(exc)
+        if flavour_of(model) != TF_KERAS:
+            raise
+    h5 = os.path.join(folder, f"{stem}.h5")
+    try:
+        save(model, h5)
+    except Exception as exc:  # noqa: BLE001
+        raise RuntimeError(f"{first}; tf_keras .h5: {_first_line(exc)}") from None
+    return h5, "tf_keras .h5 (cannot be expressed in Keras 3): " + first
 
 
 def _save_saved_model(model, tmp):

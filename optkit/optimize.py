@@ -35,7 +35,7 @@ from optkit import plan as plan_mod
 from optkit import quant_debug
 from optkit import verdicts
 from optkit.errors import OptkitError, RunFailure, Unavailable, UserError
-from optkit.records import FAILED, OK, SKIPPED, SCHEMA, UNVERIFIED, Artifact, Latency, Parity, Variant
+from optkit.records import FAILED, OK, SKIPPED, SCHEMA, UNVERIFIED, Artifact, Latency, Variant
 
 # Timing loops: long enough for a stable median on a noisy 2-core machine, short enough that a
 # demo with a dozen artifacts stays within minutes. The tiny schedule shortens them.
@@ -462,28 +462,15 @@ class Pipeline:
         """The variant's model in its folder: a Keras 3 `.keras`; tf_keras-only models (QAT) as `.h5`."""
         from optkit import keras_io
 
-        folder = self.variant_dir(record)
-        path = os.path.join(folder, "model.keras")
         try:
-            keras_io.save(model, path)
-            record.path = path
-            record.details["size_bytes"] = os.path.getsize(path)
+            path, note = keras_io.save_variant(model, self.variant_dir(record))
+        except Exception as exc:  # noqa: BLE001 - an unsaved model is said in the record, the run goes on
+            record.details["save_error"] = _reason(exc)
             return
-        except Exception as exc:  # noqa: BLE001
-            first = _reason(exc)
-        if keras_io.flavour_of(model) == "tf_keras":
-            # A quantize-wrapped (QAT) model cannot become Keras 3; keep it in tf_keras' own format.
-            h5 = os.path.join(folder, "model.h5")
-            try:
-                tmp = os.path.join(folder, "model.tmp.h5")
-                model.save(tmp)
-                os.replace(tmp, h5)
-                record.path = h5
-                record.details["saved_as"] = "tf_keras .h5 (cannot be expressed in Keras 3): " + first
-                return
-            except Exception as exc:  # noqa: BLE001
-                first += f"; tf_keras .h5: {_reason(exc)}"
-        record.details["save_error"] = first
+        record.path = path
+        record.details["size_bytes"] = os.path.getsize(path)
+        if note:
+            record.details["saved_as"] = note
 
     # ------------------------------------------------------------------ exports
 
@@ -673,49 +660,6 @@ def failures(report: dict) -> List[str]:
     return found
 
 
-def summary(report: dict) -> str:
-    """The terminal summary: Lesson 14's layout (variants as columns), rendered by optkit.report."""
-    from optkit import report as report_mod
-
-    text = report_mod.lesson14_table(report)
-    search = report.get("search")
-    if search:
-        text += "\n\n" + _search_summary(search)
-    for label, q in report_mod.quantized_artifacts(report):
-        text += f"\n\nint8 layers, worst first ({label}):\n" + report_mod.quant_table(q)
-    rejected = [v for v in report.get("variants", []) if v.get("status") == verdicts.REJECTED]
-    if rejected:
-        text += "\n\nrejected:\n" + "\n".join(f"  {v['name']}: {v.get('reason', '')}" for v in rejected)
-    if report.get("failures"):
-        text += "\n\nfailed:\n" + "\n".join(f"  {line}" for line in report["failures"])
-    if "selected" in report:
-        text += "\n\n" + verdicts.closing_line(report["selected"])
-    return text
-
-
-def _search_summary(search: dict) -> str:
-    goal = search["goal"]
-    best = search.get("best")
-    lines = [f"search: accuracy drop <= {goal['max_accuracy_drop']:g} points, best by {goal['objective']}; "
-             f"{search['trials']} candidate(s) in {search['elapsed_s']:.0f} s"
-             + (f" (stopped: {search['stopped']})" if search.get("stopped") else "")]
-    if best:
-        met = "meets the goal" if search.get("met") else "best so far: NO candidate met the goal"
-        lines.append(f"best: {best['label']} ({met}; accuracy {_pct(best.get('accuracy'))}, "
-                     f"{_num(best.get('latency_ms'))} ms, {_num(best.get('gzip_bytes'))} B gzip)")
-    lines.append("pareto (size, latency, accuracy): " + ", ".join(p["label"] for p in search.get("pareto", [])))
-    lines += [f"not pursued: {why}" for why in search.get("skipped", [])]
-    return "\n".join(lines)
-
-
-def _pct(x):
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
-def _num(x):
-    return "-" if x is None else (f"{x:.3g}" if isinstance(x, float) else f"{x:,}")
-
-
 # ---------------------------------------------------------------------------------- run
 
 def previous_variants(out_dir: str) -> Dict[str, dict]:
@@ -855,7 +799,7 @@ def _run_mode(pipe: Pipeline, plan: plan_mod.Plan, plan_path: str, progress: boo
 
 
 def write_report(report: dict, out_dir: str) -> None:
-    """report.json (the source), then report.md / report.html and plots rendered from it."""
+    """report.json (the source), then report.md / report.html and plots rendered from it (optkit.report)."""
     from optkit import report as report_mod
 
     _atomic_text(os.path.join(out_dir, "report.json"), json.dumps(report, indent=2, sort_keys=True) + "\n")
@@ -863,35 +807,8 @@ def write_report(report: dict, out_dir: str) -> None:
         report_mod.write_plots(report, out_dir)
     except Exception as exc:  # noqa: BLE001 - a plot must not lose the run's numbers
         _log(f"plots failed: {_reason(exc)}")
-    # The search result and the run's notes are optimize's own sections, added after the shared
-    # rendering (optkit.report renders the variants table and the plots).
-    lines = _extra_lines(report)
-    md = report_mod.render(report, "md")
-    if lines:
-        md = md.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
-    _atomic_text(os.path.join(out_dir, "report.md"), md)
-    page = report_mod.render(report, "html")
-    if lines:
-        section = "<section id=\"optimize\">" + report_mod.markdown_html("\n".join(lines)) + "</section>"
-        at = page.rfind("</body>")
-        page = page[:at] + section + page[at:] if at >= 0 else page + section
-    _atomic_text(os.path.join(out_dir, "report.html"), page)
-
-
-def _extra_lines(report: dict) -> List[str]:
-    lines = []
-    if report.get("search"):
-        lines += ["## Search", ""] + [f"- {line}" for line in _search_summary(report["search"]).splitlines()] + [""]
-    if "selected" in report:
-        lines += ["## Selected", "", verdicts.closing_line(report["selected"]), ""]
-    rejected = [v for v in report.get("variants", []) if v.get("status") == verdicts.REJECTED]
-    if rejected:
-        lines += ["## Rejected", ""] + [f"- {v['name']}: {v.get('reason', '')}" for v in rejected] + [""]
-    if report.get("notes"):
-        lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
-    if report.get("failures"):
-        lines += ["## Failed", ""] + [f"- {f}" for f in report["failures"]] + [""]
-    return lines
+    _atomic_text(os.path.join(out_dir, "report.md"), report_mod.render(report, "md"))
+    _atomic_text(os.path.join(out_dir, "report.html"), report_mod.render(report, "html"))
 
 
 def _atomic_text(path: str, text: str) -> None:

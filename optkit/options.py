@@ -22,6 +22,11 @@ TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off")
 
 
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+    """For a step or exporter that takes no options."""
+
+
 def option(default: Any, help: str, *, choices: Optional[Sequence[Any]] = None, min: Optional[float] = None,
            max: Optional[float] = None, min_open: bool = False, max_open: bool = False):
     """A dataclass field carrying its help text, allowed values and range (bounds inclusive unless
@@ -45,7 +50,8 @@ class OptionInfo:
 
     def describe(self) -> str:
         """'sparsity (float, default 0.5, in [0, 1)): fraction of weights set to zero'"""
-        bits = [self.type.__name__, f"default {self.default!r}" if self.default != "" else "default ''"]
+        kind = "any" if self.type in (object, Any) else self.type.__name__
+        bits = [kind, f"default {self.default!r}"]
         if self.choices:
             bits.append("one of " + " | ".join(str(c) for c in self.choices))
         if self.min is not None or self.max is not None:
@@ -85,8 +91,14 @@ def parse(cls, raw: Mapping[str, Any], *, owner: str):
     return cls(**values)
 
 
+def _positive_int(info: OptionInfo) -> bool:
+    return info.type is int and info.min == 1 and not info.min_open and info.max is None
+
+
 def convert(info: OptionInfo, value: Any, owner: str) -> Any:
     typ = info.type
+    if typ in (object, Any):     # free-form (e.g. a list or a '+'-separated string): the owner reads it
+        return value
     if info.default is None and (value is None or (isinstance(value, str) and value.strip().lower() in ("", "none"))):
         return None      # an option whose default None means "decide from the model"
     if isinstance(value, str) and typ is not str:
@@ -100,10 +112,16 @@ def convert(info: OptionInfo, value: Any, owner: str) -> Any:
                 raise ValueError(text)
             return typ(text)
         except ValueError:
+            if _positive_int(info):
+                raise UserError(f"{owner}: {info.name} must be a positive integer, got {value!r}") from None
             raise UserError(f"{owner}: option '{info.name}' expects {typ.__name__}, got '{value}'") from None
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if typ is int and isinstance(value, float) and value.is_integer():
+        return int(value)
     if not isinstance(value, typ) or (typ is not bool and isinstance(value, bool)):
+        if _positive_int(info):
+            raise UserError(f"{owner}: {info.name} must be a positive integer, got {value!r}")
         raise UserError(f"{owner}: option '{info.name}' expects {typ.__name__}, got {value!r}")
     return value
 
@@ -117,6 +135,8 @@ def check(info: OptionInfo, value: Any, owner: str) -> Any:
     low_bad = info.min is not None and (value <= info.min if info.min_open else value < info.min)
     high_bad = info.max is not None and (value >= info.max if info.max_open else value > info.max)
     if low_bad or high_bad:
+        if _positive_int(info):
+            raise UserError(f"{owner}: {info.name} must be a positive integer, got {value!r}")
         raise UserError(f"{owner}: {info.name} must be {_span(info)}, got {value}")
     return value
 
@@ -132,3 +152,17 @@ def _span(info: OptionInfo) -> str:
 
 def as_dict(instance) -> Dict[str, Any]:
     return dataclasses.asdict(instance)
+
+
+def names(cls) -> List[str]:
+    """The option names of an options dataclass (or of a legacy tuple of names)."""
+    if dataclasses.is_dataclass(cls):
+        return [f.name for f in dataclasses.fields(cls)]
+    return list(cls or ())
+
+
+def validate(cls, given: Mapping[str, Any], *, owner: str) -> None:
+    """Check `given` (typed values, e.g. from `--option FMT:K=V`) against `cls` without changing it:
+    unknown keys, types, choices, ranges. None means "the default" and is not checked."""
+    if dataclasses.is_dataclass(cls):
+        parse(cls, {k: v for k, v in given.items() if v is not None}, owner=owner)

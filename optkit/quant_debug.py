@@ -25,12 +25,13 @@ import math
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from optkit.errors import RunFailure, UserError
+from optkit.options import option
 
 # The ONNX calibration methods worth offering (onnxruntime's CalibrationMethod names); the first
 # is onnxruntime's default. Entropy and Percentile clip outliers, which helps exactly when one
@@ -661,7 +662,19 @@ def search(session, write: Callable[[List[str]], str], score: Callable[[str], fl
 
 # Converter options this module adds to the tflite and onnx exporters (`--option FMT:K=V` and
 # the export/optimize flags); `calibration_method` is ONNX only (TFLite calibrates by min/max).
-OPTIONS = ("quant_report", "keep_float", "max_accuracy_drop", "float_limit")
+@dataclass(frozen=True)
+class Int8Options:
+    """The int8 options the tflite and onnx exporters' own Options extend."""
+
+    quant_report: bool = option(False, "diagnose every quantized layer against float (per-layer SNR)")
+    keep_float: object = option("", "Keras layers to leave in float ('+'-separated names or a list)")
+    max_accuracy_drop: Optional[float] = option(None, "keep the worst layers float until the drop is within "
+                                                      "this many points", min=0.0)
+    float_limit: Optional[float] = option(None, f"share of layers that may stay float (default {DEFAULT_FLOAT_LIMIT})",
+                                          min=0.0, max=1.0, min_open=True)
+
+
+OPTIONS = tuple(f.name for f in fields(Int8Options))
 
 
 INT8_FORMATS = ("tflite", "onnx")

@@ -23,6 +23,7 @@ import json
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from optkit import verdicts
 from optkit.errors import UserError
 
 FORMATS = ("table", "md", "csv", "html")
@@ -364,7 +365,10 @@ def to_markdown(report: dict) -> str:
     notes = footnotes(report)
     if notes:
         out += [""] + [f"- {n}" for n in notes]
-    return "\n".join(out) + "\n"
+    sections = optimize_sections(report)
+    if sections:
+        out += [""] + sections
+    return "\n".join(out).rstrip("\n") + "\n"
 
 
 def to_csv(report: dict) -> str:
@@ -409,6 +413,7 @@ def to_html(report: dict, plots: bool = True) -> str:
             figures.append(f'<figure><img alt="{e(title)}" src="data:image/png;base64,{data}">'
                            f"<figcaption>{e(title)}</figcaption></figure>")
     summary = env_summary(report)
+    sections = optimize_sections(report)
     kind = "Variants" if "variants" in report else "Benchmark results"
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -423,6 +428,7 @@ def to_html(report: dict, plots: bool = True) -> str:
         + "\n</tbody></table></div>\n"
         + "".join(f'<p class="footnote">{e(n)}</p>\n' for n in footnotes(report))
         + ("<h2>Plots</h2>\n" + "\n".join(figures) + "\n" if figures else "")
+        + (f'<section id="optimize">{markdown_html(chr(10).join(sections))}</section>\n' if sections else "")
         + "<details><summary>report.json</summary><pre>"
         + e(json.dumps(_without_samples(report), indent=1))
         + "</pre></details>\n</body></html>\n"
@@ -450,6 +456,70 @@ def _without_samples(report: dict) -> dict:
         if "samples_ms" in r:
             r["samples_ms"] = f"{len(r['samples_ms'])} samples"
     return doc
+
+
+# --------------------------------------------------------------------------------------------
+# optimize's own sections (search, notes, failures) and its terminal summary
+
+
+def optimize_summary(report: dict) -> str:
+    """`optkit optimize`'s terminal summary: Lesson 14's layout (variants as columns), then the
+    search result, the int8 layers worst first and what failed."""
+    text = lesson14_table(report)
+    search = report.get("search")
+    if search:
+        text += "\n\n" + search_summary(search)
+    for label, q in quantized_artifacts(report):
+        text += f"\n\nint8 layers, worst first ({label}):\n" + quant_table(q)
+    rejected = [v for v in report.get("variants", []) if v.get("status") == verdicts.REJECTED]
+    if rejected:
+        text += "\n\nrejected:\n" + "\n".join(f"  {v['name']}: {v.get('reason', '')}" for v in rejected)
+    if report.get("failures"):
+        text += "\n\nfailed:\n" + "\n".join(f"  {line}" for line in report["failures"])
+    if "selected" in report:
+        text += "\n\n" + verdicts.closing_line(report["selected"])
+    return text
+
+
+def search_summary(search: dict) -> str:
+    """The search's goal, its best candidate and the Pareto set, one line each."""
+    goal = search["goal"]
+    best = search.get("best")
+    lines = [f"search: accuracy drop <= {goal['max_accuracy_drop']:g} points, best by {goal['objective']}; "
+             f"{search['trials']} candidate(s) in {search['elapsed_s']:.0f} s"
+             + (f" (stopped: {search['stopped']})" if search.get("stopped") else "")]
+    if best:
+        met = "meets the goal" if search.get("met") else "best so far: NO candidate met the goal"
+        lines.append(f"best: {best['label']} ({met}; accuracy {_opt_pct(best.get('accuracy'))}, "
+                     f"{_opt_num(best.get('latency_ms'))} ms, {_opt_num(best.get('gzip_bytes'))} B gzip)")
+    lines.append("pareto (size, latency, accuracy): " + ", ".join(p["label"] for p in search.get("pareto", [])))
+    lines += [f"not pursued: {why}" for why in search.get("skipped", [])]
+    return "\n".join(lines)
+
+
+def _opt_pct(x):
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _opt_num(x):
+    return "-" if x is None else (f"{x:.3g}" if isinstance(x, float) else f"{x:,}")
+
+
+def optimize_sections(report: dict) -> List[str]:
+    """Markdown lines of an optimize report's own sections: search, notes, failures."""
+    lines = []
+    if report.get("search"):
+        lines += ["## Search", ""] + [f"- {line}" for line in search_summary(report["search"]).splitlines()] + [""]
+    if "selected" in report:
+        lines += ["## Selected", "", verdicts.closing_line(report["selected"]), ""]
+    rejected = [v for v in report.get("variants", []) if v.get("status") == verdicts.REJECTED]
+    if rejected:
+        lines += ["## Rejected", ""] + [f"- {v['name']}: {v.get('reason', '')}" for v in rejected] + [""]
+    if report.get("notes"):
+        lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
+    if report.get("failures"):
+        lines += ["## Failed", ""] + [f"- {f}" for f in report["failures"]] + [""]
+    return lines
 
 
 def render(report: dict, fmt: str) -> str:

@@ -137,7 +137,7 @@ class Predictor(object):
         return lambda: self(*arrays)
 
 
-def _import_interpreter(which=None):
+def import_interpreter(which=None):
     """The TFLite Interpreter class: ai_edge_litert, else tflite_runtime, else tf.lite."""
     order = [which] if which in TFLITE_RUNTIMES else list(TFLITE_RUNTIMES)
     errors = []
@@ -170,7 +170,7 @@ class TFLitePredictor(Predictor):
 
     def __init__(self, path, threads, which=None):
         Predictor.__init__(self, path, threads)
-        Interpreter, self.backend, self.backend_version = _import_interpreter(which)
+        Interpreter, self.backend, self.backend_version = import_interpreter(which)
         try:
             self._interp = Interpreter(model_path=path, num_threads=threads)
             self._interp.allocate_tensors()

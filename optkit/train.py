@@ -353,7 +353,7 @@ def _compile(model, K, flavour, x, *, keep_compile, learning_rate, jit, spe, pol
                                                             learning_rate, policy)
         compile_kwargs = dict(optimizer=optimizer, loss=loss, metrics=["accuracy"],
                               jit_compile=jit, steps_per_execution=spe)
-        if flavour == "keras3":
+        if flavour == keras_io.KERAS3:
             # We scale the loss ourselves (float16 only); bfloat16 has float32's range and needs none.
             compile_kwargs["auto_scale_loss"] = False
         model.compile(**compile_kwargs)

@@ -220,3 +220,19 @@ def test_one_list_of_precisions_every_exporter_and_tolerance_draws_from():
     for name, module in exporters.registry().items():
         assert set(module.PRECISIONS) <= set(PRECISIONS), name
     assert set(parity.TOLERANCES) >= set(PRECISIONS)
+
+
+@pytest.mark.unit
+def test_every_exporter_declares_its_options_as_a_frozen_dataclass_checked_before_converting():
+    import dataclasses
+
+    from optkit import options
+
+    for name, module in exporters.registry().items():
+        assert dataclasses.is_dataclass(module.OPTIONS) and module.OPTIONS.__dataclass_params__.frozen, name
+        for info in options.fields(module.OPTIONS):
+            assert info.help, f"{name}.{info.name} has no help"
+    with pytest.raises(UserError, match="onnx: calibration_method must be one of minmax, entropy, percentile"):
+        exporters.get("onnx").export(None, "/nonexistent/m.onnx", calibration_method="kl")
+    with pytest.raises(UserError, match=r"tflite: calibration_samples must be a positive integer, got 0"):
+        exporters.get("tflite").export(None, "/nonexistent/m.tflite", quantize="int8", calibration_samples=0)

@@ -32,10 +32,11 @@ def test_strings_become_typed_values_and_defaults_fill_the_rest():
     ({"ratio": "1"}, r"demo: ratio must be in \[0, 1\), got 1.0"),
     ({"ratio": "-0.1"}, r"ratio must be in \[0, 1\)"),
     ({"mode": "medium"}, "demo: mode must be one of fast, slow, got 'medium'"),
-    ({"rounds": "0"}, "rounds must be >= 1, got 0"),
-    ({"rounds": "two"}, "demo: option 'rounds' expects int, got 'two'"),
+    ({"rounds": "0"}, "rounds must be a positive integer, got 0"),
+    ({"rounds": "two"}, "demo: rounds must be a positive integer, got 'two'"),
     ({"strict": "maybe"}, "option 'strict' expects bool"),
-    ({"rounds": True}, "option 'rounds' expects int"),
+    ({"rounds": True}, "rounds must be a positive integer, got True"),
+    ({"ratio": "half"}, "demo: option 'ratio' expects float, got 'half'"),
     ({"speed": "1"}, r"demo has no option 'speed' \(options: keep, mode, ratio, rounds, strict\)"),
 ])
 def test_bad_values_are_one_line_user_errors(raw, message):

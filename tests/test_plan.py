@@ -288,7 +288,7 @@ def test_a_toml_recipe_resolves_like_a_builtin_one(tmp_path):
 
 @pytest.mark.parametrize("spec, message", [
     ("cpu:onednn=maybe", "step 'cpu': onednn must be one of auto, on, off, got 'maybe'"),
-    ("fusing:steps=0", "step 'fusing': steps must be >= 1, got 0"),
+    ("fusing:steps=0", "step 'fusing': steps must be a positive integer, got 0"),
     ("prune:sparsity=1.5", "step 'prune': sparsity must be in [0, 1), got 1.5"),
 ])
 def test_a_bad_step_option_fails_the_dry_run_with_exit_2_and_no_tensorflow(spec, message):

@@ -132,7 +132,7 @@ def test_cpu_step_records_onednn_and_how_to_launch_with_it():
 
 @pytest.mark.parametrize("name,options,message", [
     ("amp", {"policy": "half"}, "policy must be one of"),
-    ("fusing", {"steps": 0}, "steps must be >= 1"),
+    ("fusing", {"steps": 0}, "steps must be a positive integer"),
     ("cpu", {"onednn": "maybe"}, "onednn must be one of auto, on, off"),
 ])
 def test_bad_speed_options_are_user_errors(name, options, message):

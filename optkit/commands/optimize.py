@@ -107,13 +107,14 @@ def optimize_cmd(ctx, model, data, recipe, steps, to, epochs, batch_size, out_di
         return
 
     from optkit import optimize   # imports TensorFlow lazily, as it needs it
+    from optkit import report as report_mod
 
     out_dir = out_dir or optimize.default_out_dir()
     report = optimize.run(plan, out_dir, progress=True, resume=resume)
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
     else:
-        click.echo(optimize.summary(report))
+        click.echo(report_mod.optimize_summary(report))
         click.echo(f"\nreport: {out_dir}/report.md, report.html, report.json; replay: "
                    f"optkit optimize --plan {out_dir}/plan.json")
     # Exit 0 only when the run hands over something: a selected artifact and no failures.

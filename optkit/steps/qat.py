@@ -70,7 +70,7 @@ def quantize(mot, model, scheme, *, skip_unsupported=False):
     if nested:
         raise UserError(f"qat: tensorflow-model-optimization cannot quantize a model nested inside another "
                         f"(layer '{nested[0]}'); build the model flat")
-    custom = _custom_objects(layers.values())
+    custom = keras_io.user_objects(layers.values())
     left_float = _rejected_by_registry(mot, layers, skip_unsupported)
     for _ in range(len(layers) + 1):
         keep = set(layers) - set(left_float)
@@ -151,20 +151,6 @@ def _rejected_by_registry(mot, layers, skip_unsupported):
                                 "skip_unsupported=true to leave it in float") from None
             rejected.append(name)
     return rejected
-
-
-def _custom_objects(layers):
-    """Classes and activation functions tfmot's internal clone must be able to deserialize: custom
-    layers, and activations tf_keras lacks (keras_io maps Keras 3's hard_silu, relu6, ... to
-    functions of the same name when it crosses to tf_keras)."""
-    custom = {}
-    for layer in layers:
-        if not type(layer).__module__.startswith("tf_keras"):
-            custom[type(layer).__name__] = type(layer)
-        fn = getattr(layer, "activation", None)
-        if callable(fn) and not getattr(fn, "__module__", "").startswith("tf_keras") and hasattr(fn, "__name__"):
-            custom[fn.__name__] = fn
-    return custom
 
 
 @dataclass(frozen=True)
