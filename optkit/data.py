@@ -632,8 +632,7 @@ def _read_keras_cache(name, path):
         return tuple(arrays)
     from optkit import keras_io
 
-    keras_io.keras3()   # Keras' own CIFAR reader (a restricted unpickler)
-    from keras.src.datasets.cifar import load_batch
+    load_batch = keras_io.cifar_load_batch()   # Keras' own CIFAR reader (a restricted unpickler)
 
     if name == "cifar10":
         parts = [load_batch(os.path.join(path, f"data_batch_{i}")) for i in range(1, 6)

@@ -193,6 +193,14 @@ def user_objects(layers) -> dict:
     return custom
 
 
+def cifar_load_batch():
+    """Keras 3's CIFAR batch reader (a restricted unpickler); it lives in keras.src, reached only here."""
+    keras3()
+    from keras.src.datasets.cifar import load_batch
+
+    return load_batch
+
+
 def from_config_trusted(cls, config):
     """`cls.from_config(config)` with Keras 3's safe mode off: for configs optkit built from a model
     already in memory (its Lambda layers were accepted when it was loaded)."""
