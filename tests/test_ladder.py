@@ -209,3 +209,12 @@ def test_a_rung_the_model_does_not_allow_is_skipped_and_the_next_builds_on_the_o
     assert v["Separable"]["status"] == "ok" and v["Separable"]["params"] < params
     assert any(n.startswith("Pooling rung skipped") for n in report["notes"])
     assert "skipped" in result.stdout
+
+
+@pytest.mark.unit
+def test_the_ladder_runs_under_a_strategy_like_any_chain():
+    plain = plan_mod.resolve(recipe="lesson14", data="synthetic:shapes")
+    mirrored = plan_mod.resolve(recipe="lesson14", data="synthetic:shapes", strategy="mirrored")
+    assert mirrored.strategy == "mirrored" and mirrored.mode == "ladder"
+    # The strategy decides where the rungs train, not what they are: same variants, same ids.
+    assert [v.id for v in mirrored.variants] == [v.id for v in plain.variants]
