@@ -318,3 +318,34 @@ def test_inspect_command_says_what_can_shrink_for_a_legacy_h5(tmp_path):
     assert result.exit_code == 0, result.output
     assert "channel_prune can shrink 2 groups (48 channels, 0 tied across layers)" in result.output
     assert "fixed: head (model output)" in result.output
+
+
+def test_squeeze_excite_reshape_multiply_and_constant_ops_shrink_with_their_channels():
+    """GAP -> Reshape(1, 1, C) -> 1x1 convs -> hard sigmoid written as `relu6(x + 3) / 6` (bare ops in a
+    Keras 3 graph) -> Multiply: the excite conv's filters, the reshape target and the multiplied
+    feature map are one group (EfficientNet / MobileNetV3 blocks)."""
+    keras = keras_io.keras3()
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="body")(inp)
+    s = keras.layers.GlobalAveragePooling2D()(x)
+    s = keras.layers.Reshape((1, 1, 8), name="se_reshape")(s)
+    s = keras.layers.Conv2D(4, 1, activation="relu", name="se_reduce")(s)
+    s = keras.layers.Conv2D(8, 1, name="se_expand")(s)
+    s = keras.layers.ReLU(6.0)(s + 3.0) * (1.0 / 6.0)
+    x = keras.layers.Multiply(name="excite")([x, s])
+    out = keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inp, out)
+    graph = channel_graph.ChannelGraph(model)
+    tied = graph.group_of_layer("body")
+    assert sorted(tied.producers) == ["body", "se_expand"]
+    keep = {}
+    for group in graph.prunable_groups():
+        zero_channels(graph, group, np.arange(group.channels // 2))
+        keep[group.id] = np.arange(group.channels // 2, group.channels)
+    x_in = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
+    before = outputs(model, x_in)
+    pruned = graph.prune(keep)
+    np.testing.assert_allclose(outputs(pruned, x_in), before, atol=1e-5)
+    assert pruned.get_layer("se_reshape").target_shape == (1, 1, 4)
+    assert pruned.get_layer("se_reduce").filters == 2
