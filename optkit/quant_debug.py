@@ -397,13 +397,28 @@ class OnnxInt8:
             deq.setdefault(name, values)
         float_model = onnx.load(self.float_path)
         quantized = _quantized_tensors(qdq_path)
+        readers = {}
+        for node in float_model.graph.node:
+            for name in node.input:
+                readers.setdefault(name, []).append(node.name)
         rows = []
+        absorbed = set()
         for layer, node_names in self._primary.items():
-            if layer in keep:
+            if layer in keep or set(node_names) <= absorbed:
                 continue
-            twin = _twin(float_model, set(node_names))
+            # The QDQ quantizer fuses a Conv/Add with the ReLU after it (the Conv's own output no
+            # longer exists): grow the twin over the readers until its outputs exist in the QDQ model.
+            nodes = set(node_names)
+            twin = _twin(float_model, nodes)
+            for _ in range(3):
+                missing = [o for o in (twin[2] if twin else []) if o not in deq]
+                if not missing:
+                    break
+                nodes |= {r for o in missing for r in readers.get(o, [])}
+                twin = _twin(float_model, nodes)
             if twin is None:
                 continue
+            absorbed |= nodes
             model, inputs, outputs = twin
             touched = {t for n in model.graph.node for t in list(n.input) + list(n.output)}
             if not touched & quantized or not all(i in deq for i in inputs):
