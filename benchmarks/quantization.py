@@ -118,7 +118,7 @@ def qat_row(model, data, workdir, args):
 def table(model_name, rows):
     base = next((r for r in rows if r["technique"] == "float" and r["status"] == "ok"), None)
     head = (f"{'technique':<28} {'accuracy':>9} {'Δ pts':>7} {'size KB':>8} {'p50 ms':>8} {'runtime':<12} "
-            "layers kept float")
+            f"{'calibration':<22} layers kept float")
     lines = [f"== {model_name}", head, "-" * len(head)]
     for r in rows:
         if r["status"] != "ok":
@@ -129,8 +129,10 @@ def table(model_name, rows):
         r["accuracy_drop_points"] = round(drop, 2)
         kept = r.get("float_layers")
         kept = "-" if kept is None else (", ".join(kept) or "none")
+        cal = r.get("calibration") or {}
+        cal = "-" if not cal else cal["method"] + (", per-channel" if cal.get("per_channel") else "")
         lines.append(f"{r['technique']:<28} {100 * r['accuracy']:>8.1f}% {drop:>7.1f} {r['size_bytes'] / 1024:>8.1f} "
-                     f"{r['latency_ms']['p50']:>8.3f} {r['latency_ms']['runtime']:<12} {kept}")
+                     f"{r['latency_ms']['p50']:>8.3f} {r['latency_ms']['runtime']:<12} {cal:<22} {kept}")
     return "\n".join(lines)
 
 
