@@ -25,6 +25,7 @@ def test_line_filter_drops_noise_and_a_warnings_source_line_and_keeps_the_rest()
     kept = f.feed(b"optkit: training\n" + b"".join(NOISE_LINES) + b"  indented but after a kept line\n")
     assert kept == b"optkit: training\n"   # the indented line follows a dropped warning line
     assert f.feed(b"optkit: done\n  detail of a kept line\n") == b"optkit: done\n  detail of a kept line\n"
+    assert f.feed(b"optkit: step qat failed: UserWarning: x\n") == b"optkit: step qat failed: UserWarning: x\n"
 
 
 def test_progress_bar_updates_pass_through_without_waiting_for_a_newline():
