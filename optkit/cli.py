@@ -87,8 +87,17 @@ def main(argv=None):
     drops TensorFlow's C++ log lines, converter prints and library warnings (OPTKIT_DEBUG=1 keeps them)."""
     from optkit import console
 
-    with console.filtered_stderr():
-        return _main(argv)
+    try:
+        with console.filtered_stderr():
+            return _main(argv)
+    except SystemExit as exc:
+        if exc.code == 130 and "tensorflow" in sys.modules:
+            # Interrupted: what must be kept is written. Tearing TensorFlow down (its thread pools,
+            # atexit hooks) can take seconds on a loaded machine; the user asked to stop now.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+        raise
 
 
 def _main(argv):

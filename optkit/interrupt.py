@@ -18,7 +18,7 @@ import threading
 from typing import Callable, Optional
 
 EXIT_CODE = 130           # 128 + SIGINT, what shells report for Ctrl-C
-GRACE_S = 6.0             # the 10-second promise minus the time to write the report
+GRACE_S = 4.0             # the 10-second promise minus the time to write the report (slow under load)
 TEMP_MARKERS = (".tmp-", ".optkit-", "optkit-onednn-")
 
 

@@ -699,7 +699,7 @@ def _run_interruptible(plan: plan_mod.Plan, out_dir: str, *, progress: bool, res
 
     def write_interrupted():
         report = pipe.report(started, {"interrupted": True})
-        write_report(report, out_dir)
+        write_report(report, out_dir, plots=False)
         interrupt.remove_temp_files(out_dir)
         _log(f"interrupted: report of the {sum(r.status != INTERRUPTED for r in pipe.records.values())} "
              f"finished variant(s) in {out_dir}/report.json; resume with -o {out_dir} --resume")
@@ -798,17 +798,20 @@ def _run_mode(pipe: Pipeline, plan: plan_mod.Plan, plan_path: str, progress: boo
     return extra
 
 
-def write_report(report: dict, out_dir: str) -> None:
-    """report.json (the source), then report.md / report.html and plots rendered from it (optkit.report)."""
+def write_report(report: dict, out_dir: str, *, plots: bool = True) -> None:
+    """report.json (the source), then report.md / report.html and plots rendered from it
+    (an interrupted run skips the plots: they cost seconds of the few it has)."""
     from optkit import report as report_mod
 
     _atomic_text(os.path.join(out_dir, "report.json"), json.dumps(report, indent=2, sort_keys=True) + "\n")
     try:
-        report_mod.write_plots(report, out_dir)
+        if plots:
+            report_mod.write_plots(report, out_dir)
     except Exception as exc:  # noqa: BLE001 - a plot must not lose the run's numbers
         _log(f"plots failed: {_reason(exc)}")
     _atomic_text(os.path.join(out_dir, "report.md"), report_mod.render(report, "md"))
-    _atomic_text(os.path.join(out_dir, "report.html"), report_mod.render(report, "html"))
+    _atomic_text(os.path.join(out_dir, "report.html"), report_mod.render(report, "html") if plots
+                 else report_mod.to_html(report, plots=False))
 
 
 def _atomic_text(path: str, text: str) -> None:
