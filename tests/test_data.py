@@ -405,3 +405,12 @@ def test_data_already_in_model_space_is_kept_as_given(tmp_path):
     np.savez(tmp_path / "tf.npz", x=x, y=np.arange(20) % 2)
     ds = load_data(str(tmp_path / "tf.npz"), input_shape=(4, 4, 3), val_fraction=0, test_fraction=0.1)
     assert ds.details["space"] == "model" and ds.x_train.min() < -0.5   # resized, not clipped to [0, 1]
+
+
+def test_small_calibration_and_evaluation_sets_are_said_out_loud():
+    six = load_data("synthetic:shapes?classes=3&n=6&size=8")
+    lines = data.size_warnings(six)
+    assert any("calibration images (< 100)" in l for l in lines) and all("\n" not in l for l in lines)
+    assert any("per class" in l for l in lines)
+    big = load_data("synthetic:shapes?classes=2&n=400&size=8")
+    assert data.size_warnings(big) == []

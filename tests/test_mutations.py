@@ -45,8 +45,12 @@ def test_good_int8_exports_of_trained_models_pass(tmp_path, name):
     data = _model_space(m, _data(m))
     for fmt in ("tflite", "onnx"):
         module = exporters.get(fmt)
+        # Per-channel ONNX weights (TFLite's own default): per-tensor int8 ONNX of these small models
+        # measured 2-4 points below float (tf model 3.1, U-Net mIoU 3.7: real losses the 3-point
+        # check rightly fails), per-channel 0.5-1.5.
+        options = {"per_channel": True} if fmt == "onnx" else {}
         art = export_one(module, model, str(tmp_path / f"m_int8{module.SUFFIX}"), quantize="int8", data=data,
-                         threads=1, contract=contract.parse(m.model_contract))
+                         threads=1, contract=contract.parse(m.model_contract), options=options)
         assert art.status == "ok", (name, fmt, art.reason)
         assert art.parity.snr_db > 10 and art.parity.metric["drop_points"] <= 3, (name, fmt, art.parity)
 
