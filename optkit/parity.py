@@ -75,6 +75,9 @@ NOISE_FLOOR = {"float16": 0.002, "dynamic": 0.01, "int8": 0.01}
 # labelled data: int8 keeps a CNN within 1-2 points when calibrated right (STACK.md); 3 leaves
 # room for small test sets. float16 changes almost nothing, so 1 point already means trouble.
 MAX_METRIC_DROP = {"none": 1.0, "float16": 1.0, "dynamic": 3.0, "int8": 3.0}
+# mIoU moves more than accuracy under int8 (each class's IoU hinges on boundary pixels a one-step
+# shift of the logits flips): a good int8 U-Net here lost 0.5-3.8 points; issue 11 sets 5 as the bar.
+MAX_MIOU_DROP = {"none": 1.0, "float16": 1.0, "dynamic": 5.0, "int8": 5.0}
 # On a handful of images one flip is many points (7 images: 14 points); a classification drop
 # fails only when the artifact also lost at least this many more samples than it gained.
 MIN_NET_LOST = 3
@@ -237,10 +240,11 @@ def task_check(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray,
     points (default MAX_METRIC_DROP[precision])."""
     from optkit import metrics
 
-    limit = MAX_METRIC_DROP.get(precision, 1.0) if max_drop is None else float(max_drop)
     ref = metrics.score(reference, labels)
     got = metrics.score(candidate, labels)
     key = "miou" if ref.get("miou") is not None else "accuracy"
+    defaults = MAX_MIOU_DROP if key == "miou" else MAX_METRIC_DROP
+    limit = defaults.get(precision, 1.0) if max_drop is None else float(max_drop)
     drop = 100.0 * (ref[key] - got[key])
     ok = bool(np.isfinite(drop) and drop <= limit)
     if key == "accuracy" and np.isfinite(drop) and not ok and ref.get("miou") is None:

@@ -52,7 +52,8 @@ def test_good_int8_exports_of_trained_models_pass(tmp_path, name):
         art = export_one(module, model, str(tmp_path / f"m_int8{module.SUFFIX}"), quantize="int8", data=data,
                          threads=1, contract=contract.parse(m.model_contract), options=options)
         assert art.status == "ok", (name, fmt, art.reason)
-        assert art.parity.snr_db > 10 and art.parity.metric["drop_points"] <= 3, (name, fmt, art.parity)
+        assert art.parity.snr_db > 10 and art.parity.metric["drop_points"] <= art.parity.metric["max_drop_points"], \
+            (name, fmt, art.parity)
 
 
 def _clone(model):
@@ -117,10 +118,16 @@ def test_mutants_fail_validation(tmp_path, unit_source, fmt, quantize, mutation)
     else:
         mutant = {"constant": _zero_head, "swapped_channels": _swap_channels,
                   "nan": _nan_bias if fmt == "tflite" else (lambda x: x)}[mutation](_clone(source))
-    options = {"int8_io": False} if (mutation == "nan" and fmt == "tflite" and quantize == "int8") else {}
+    # int8 tensors cannot hold a NaN: the int8 TFLite mutant keeps its (NaN-biased) head in float
+    # behind float I/O, the way --keep-float leaves a layer.
+    options = {"int8_io": False, "keep_float": "head"} if (mutation == "nan" and fmt == "tflite" and
+                                                            quantize == "int8") else {}
     module.export(mutant, path, quantize=quantize, data=data, **options)
     if mutation == "nan" and fmt == "onnx":
         _append_nan(path)
+    if mutation == "nan":   # the mutant really produces NaN/inf
+        out = module.load(path, threads=1)(data.x_val[:8].astype(np.float32))[0]
+        assert not np.all(np.isfinite(out))
     parity = _judge(fmt, quantize, source, path, data)
     assert parity.ok is False, (mutation, fmt, quantize, parity)
 
