@@ -164,7 +164,8 @@ def size_warnings(data) -> List[str]:
         counts = np.bincount(y, minlength=max(1, data.num_classes))
         seen = counts[counts > 0]
         if seen.min() < MIN_EVAL_PER_CLASS:
-            lines.append(f"accuracy is measured on {len(y)} test images ({int(seen.min())} in the smallest "
+            lines.append(f"accuracy is measured on {len(y)} test image{'s' if len(y) != 1 else ''} "
+                         f"({int(seen.min())} in the smallest "
                          f"class, < {MIN_EVAL_PER_CLASS} per class): one image moves it by "
                          f"{100 / len(y):.1f} points")
     return lines
