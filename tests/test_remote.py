@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -22,7 +23,9 @@ from tiny_onnx import tiny_onnx
 pytestmark = pytest.mark.unit   # needs no TensorFlow: `make test-unit` runs it with TF unimportable
 
 SSHD = "/usr/sbin/sshd"
-VENV_PYTHON = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv", "bin", "python")
+# The Python running the tests is the project's venv (it has onnxruntime) wherever the checkout is
+# (a git worktree has no .venv of its own).
+VENV_PYTHON = sys.executable
 # Spaces, both quote kinds, a shell variable and a command substitution: if any of it reached a
 # shell unquoted, the runner would be handed a different path (or `id` would run) and fail.
 HOSTILE_NAME = 'it\'s a "model" $HOME `id`.onnx'
