@@ -1,13 +1,14 @@
 """Every architecture through every export format and precision: a status/parity/size/time matrix.
 
     python benchmarks/export_sweep.py [--models zoo|extra|all|NAME,NAME] [--formats tflite,onnx,...]
-        [--precisions none,int8,...] [--size 32] [--train-samples 256] [--epochs 1] [--json OUT]
+        [--precisions none,int8,...] [--size 32] [--train-samples 256] [--epochs 3] [--json OUT]
 
 Architectures: the 18 zoo entries and the smallest member of each keras.applications family the
 zoo lacks (EfficientNetV2B0, ResNet50V2, RegNetX002, RegNetY002, MobileNet v1,
 InceptionResNetV2), each at a small input (--size, raised to what the architecture accepts).
 
-Each model is first trained briefly on synthetic:shapes (segmentation models on a per-pixel
+Each model is first trained briefly on synthetic:shapes (the log says how many distinct classes
+it then predicts on the validation images) (segmentation models on a per-pixel
 task drawn from the same images): a random ImageNet head gives near-constant outputs, and an
 int8 artifact that "agrees" with a constant proves nothing. Calibration uses the training split,
 validation the validation split, exactly as `optkit export --data` does.
@@ -54,7 +55,7 @@ def parse_args(argv=None):
     ap.add_argument("--precisions", default=",".join(PRECISIONS))
     ap.add_argument("--size", type=int, default=32, help="input height/width (raised to each model's minimum)")
     ap.add_argument("--train-samples", type=int, default=256)
-    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--out", help="artifact folder (default: a temp folder, removed at the end)")
     ap.add_argument("--json", help="write the rows as JSON here")
     return ap.parse_args(argv)
@@ -116,7 +117,7 @@ def training_data(model, task, n):
                            y_val=masks(data.x_val), source=data.source + " (per-pixel brightness classes)")
 
 
-def sweep(names, formats, precisions, *, size=32, train_samples=256, epochs=1, out_dir=None, log=print):
+def sweep(names, formats, precisions, *, size=32, train_samples=256, epochs=3, out_dir=None, log=print):
     """Run the matrix; returns one row dict per (model, format, precision) cell."""
     import exporters
     from optkit import train
@@ -130,8 +131,10 @@ def sweep(names, formats, precisions, *, size=32, train_samples=256, epochs=1, o
         result = train.fit(model, (data.x_train, data.y_train, data.x_val, data.y_val), epochs=epochs,
                            batch_size=32, progress=False)
         shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+        classes = predicted_classes(model, data.x_val)
         log(f"{name} {shape}: {model.count_params() / 1e6:.2f} M params, trained {epochs} epoch(s) on "
-            f"{len(data.x_train)} samples (val accuracy {result.val_accuracy:.2f}) in {time.perf_counter() - t0:.0f} s")
+            f"{len(data.x_train)} samples (val accuracy {result.val_accuracy:.2f}; predicts {classes} distinct "
+            f"classes on the validation images) in {time.perf_counter() - t0:.0f} s")
         folder = os.path.join(out_dir, name)
         for precision in precisions:
             for fmt in formats:
@@ -147,6 +150,7 @@ def sweep(names, formats, precisions, *, size=32, train_samples=256, epochs=1, o
                 if status == "ok" and parity is not None and parity.ok is None:
                     status = "unverified"
                 row = {"model": name, "input": list(shape), "format": fmt, "precision": precision,
+                       "predicted_classes": classes,
                        "status": status, "reason": " ".join(str(reason or "").split())[:200],
                        "max_abs": getattr(parity, "max_abs", None), "top1": getattr(parity, "top1_agreement", None),
                        "size_mb": size_mb, "time_s": time.perf_counter() - start}
@@ -154,6 +158,16 @@ def sweep(names, formats, precisions, *, size=32, train_samples=256, epochs=1, o
                 log(format_row(row))
         del model
     return rows
+
+
+def predicted_classes(model, x):
+    """How many distinct classes (per pixel for segmentation) the model predicts on `x`: 1 means
+    its outputs ignore the input, and a top-1 agreement against it would prove nothing."""
+    from optkit import keras_io
+
+    out = keras_io.predict(model, x)
+    out = out[0] if isinstance(out, list) else out
+    return int(len(np.unique(np.asarray(out).argmax(-1))))
 
 
 def _num(value, fmt):
