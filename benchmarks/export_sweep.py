@@ -120,7 +120,6 @@ def training_data(model, task, n):
 def sweep(names, formats, precisions, *, size=32, train_samples=256, epochs=3, out_dir=None, log=print):
     """Run the matrix; returns one row dict per (model, format, precision) cell."""
     import exporters
-    from optkit import train
     from optkit.export import export_model
 
     rows = []
@@ -128,12 +127,11 @@ def sweep(names, formats, precisions, *, size=32, train_samples=256, epochs=3, o
         t0 = time.perf_counter()
         model, task = build(name, size)
         data = training_data(model, task, train_samples)
-        result = train.fit(model, (data.x_train, data.y_train, data.x_val, data.y_val), epochs=epochs,
-                           batch_size=32, progress=False)
+        accuracy = fit(model, data, epochs)
         shape = tuple(int(d) for d in model.inputs[0].shape[1:])
         classes = predicted_classes(model, data.x_val)
         log(f"{name} {shape}: {model.count_params() / 1e6:.2f} M params, trained {epochs} epoch(s) on "
-            f"{len(data.x_train)} samples (val accuracy {result.val_accuracy:.2f}; predicts {classes} distinct "
+            f"{len(data.x_train)} samples (val accuracy {accuracy:.2f}; predicts {classes} distinct "
             f"classes on the validation images) in {time.perf_counter() - t0:.0f} s")
         folder = os.path.join(out_dir, name)
         for precision in precisions:
@@ -158,6 +156,33 @@ def sweep(names, formats, precisions, *, size=32, train_samples=256, epochs=3, o
                 log(format_row(row))
         del model
     return rows
+
+
+def fit(model, data, epochs):
+    """A few plain Adam epochs (no XLA: compiling these graphs costs minutes on 2 cores);
+    returns the validation accuracy."""
+    from optkit import keras_io
+
+    keras = keras_io.keras3()
+    keras.utils.set_random_seed(0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(),
+                  metrics=["accuracy"], jit_compile=False)
+    model.fit(data.x_train, data.y_train, batch_size=32, epochs=epochs, verbose=0)
+    settle_batch_norm(model, data.x_train[:64])
+    return float(model.evaluate(data.x_val, data.y_val, batch_size=32, verbose=0)[1])
+
+
+def settle_batch_norm(model, x):
+    """Set BatchNormalization moving statistics to those of `x` (one training-mode pass at
+    momentum 0). A few short epochs leave them near their initial values (STACK.md), so the
+    inference-mode model would answer the same class for every image however training went."""
+    layers = [l for l in model._flatten_layers() if type(l).__name__ == "BatchNormalization"]
+    saved = [l.momentum for l in layers]
+    for layer in layers:
+        layer.momentum = 0.0
+    model(x, training=True)
+    for layer, momentum in zip(layers, saved):
+        layer.momentum = momentum
 
 
 def predicted_classes(model, x):
