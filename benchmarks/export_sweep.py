@@ -7,10 +7,10 @@ Architectures: the 18 zoo entries and the smallest member of each keras.applicat
 zoo lacks (EfficientNetV2B0, ResNet50V2, RegNetX002, RegNetY002, MobileNet v1,
 InceptionResNetV2), each at a small input (--size, raised to what the architecture accepts).
 
-Each model is first trained briefly on synthetic:shapes (the log says how many distinct classes
-it then predicts on the validation images) (segmentation models on a per-pixel
-task drawn from the same images): a random ImageNet head gives near-constant outputs, and an
-int8 artifact that "agrees" with a constant proves nothing. Calibration uses the training split,
+Each model is first trained briefly on synthetic:shapes (segmentation models on a per-pixel task
+drawn from the same images) and its BatchNormalization statistics are set from training images:
+a random ImageNet head gives near-constant outputs, and an int8 artifact that "agrees" with a
+constant proves nothing. The log says how many distinct classes each model then predicts. Calibration uses the training split,
 validation the validation split, exactly as `optkit export --data` does.
 
 Each cell is optkit.export.export_model for one format and precision, timed end to end
