@@ -273,7 +273,11 @@ def test_channel_prune_composes_with_ptq_and_qat_int8_through_optimize(tmp_path)
 
     user = user_models.get("unit")    # Keras 3 .keras trained on x/255, what optkit.data feeds
     args = [user.path, "--data", user.npz, "--step", "channel_prune:ratio=0.5,importance=bn_gamma",
-            "--step", "qat:convert=false", "--to", "tflite:int8", "--epochs", "2", "-o", str(tmp_path / "run"), "--json"]
+            "--step", "qat:convert=false", "--to", "tflite:int8", "--epochs", "2", "-o", str(tmp_path / "run"), "--json",
+            # This test is about composition, not about the keep-or-reject verdict (tests/test_verdicts.py):
+            # a 2-epoch fine-tune's accuracy depends on the RNG state earlier tests leave, so the step is
+            # allowed the same 8 points the assertions below allow instead of the default 1.
+            "--max-accuracy-drop", "8"]
     result = CliRunner().invoke(cli, ["optimize", *args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
