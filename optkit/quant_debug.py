@@ -742,7 +742,7 @@ def onnx_int8(model, float_path, dst, samples, *, data, options, op_types=None, 
     method = str(options.get("calibration_method") or "minmax").lower()
     with tempfile.TemporaryDirectory(prefix="optkit-quant-") as workdir:
         session = OnnxInt8(model, float_path, samples, method=method,
-                           per_channel=bool(options.get("per_channel", False)),
+                           per_channel=bool(options.get("per_channel", True)),
                            reduce_range=bool(options.get("reduce_range", True)), op_types=op_types,
                            workdir=workdir, symmetric=symmetric)
 
