@@ -761,7 +761,8 @@ def _run_mode(pipe: Pipeline, plan: plan_mod.Plan, plan_path: str, progress: boo
         _log(f"training the baseline {plan.model} for up to {epochs} epoch(s) on {plan.data} "
              "(stops early when validation accuracy stalls; the best epoch is kept)")
         train_result = train.fit(model, pipe.data, epochs=epochs, batch_size=plan.batch_size,
-                                 progress=progress, strategy=pipe.strategy, seed=plan.seed)
+                                 progress=progress, strategy=pipe.strategy, seed=plan.seed,
+                                 plateau_factor=train.PLATEAU_FACTOR)   # from scratch: see train.py
         if pipe.strategy is not None:
             train_result.settings.update(strategy=STRATEGY_CLASSES[plan.strategy],
                                          replicas=int(pipe.strategy.num_replicas_in_sync))

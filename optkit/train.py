@@ -174,7 +174,8 @@ def fit(model, data, *, epochs: int, batch_size: int = 32, learning_rate: Option
         callbacks: Sequence[Any] = (), progress: bool = True, early_stopping: Any = "auto",
         keep_start: bool = False, first_candidate_epoch: int = 1,
         jit: Optional[bool] = None, steps_per_execution: Optional[int] = None, strategy=None,
-        keep_compile: bool = False, seed: int = 0, shuffle: bool = True) -> TrainResult:
+        keep_compile: bool = False, seed: int = 0, shuffle: bool = True,
+        plateau_factor: Optional[float] = None) -> TrainResult:
     """Train `model` (Keras 3 or tf_keras) in place on `data` for at most `epochs`, and time it.
 
     `data` is an optkit.data.Dataset (x_train, y_train, x_val, y_val) or a tuple
@@ -189,6 +190,8 @@ def fit(model, data, *, epochs: int, batch_size: int = 32, learning_rate: Option
     epochs (a pruning ramp that has not reached its target sparsity yet).
     `keep_compile=True` keeps the optimizer and loss the model was compiled with.
     `callbacks` are passed to Keras untouched (e.g. tfmot's UpdatePruningStep on tf_keras models).
+    `plateau_factor` (e.g. PLATEAU_FACTOR) multiplies the learning rate after each epoch without a
+    better validation score; off by default (fine-tunes and their tests are tuned to a fixed rate).
     """
     if epochs < 1:
         raise UserError(f"epochs must be >= 1, got {epochs}")
@@ -216,7 +219,8 @@ def fit(model, data, *, epochs: int, batch_size: int = 32, learning_rate: Option
     if has_val:
         patience = _patience(early_stopping, y, y_val)
         start = _start_score(model, x_val, y_val, batch_size) if keep_start else None
-        keeper = _best_weights(K, patience=patience, start=start, first_epoch=first_candidate_epoch)
+        keeper = _best_weights(K, patience=patience, start=start, first_epoch=first_candidate_epoch,
+                               plateau_factor=plateau_factor)
         cbs.append(keeper)
     if progress:
         cbs.append(_progress_bar(K, epochs, _steps(len(x), batch_size)))
@@ -279,16 +283,17 @@ def _score(logs):
             -float(loss) if loss is not None and np.isfinite(loss) else float("-inf"))
 
 
-# Each epoch without a better validation score halves the learning rate for the rest of the fit
-# (Keras' ReduceLROnPlateau with patience 1): the Lesson 14 Naive CNN at Adam 1e-3 swung between 0.91
-# and 0.58 validation accuracy from one epoch to the next (issue 18), so a fixed rate kept its best
-# epoch at the mercy of one lucky step. The rate is put back when the fit ends.
+# fit(plateau_factor=PLATEAU_FACTOR): each epoch without a better validation score halves the
+# learning rate for the rest of the fit (Keras' ReduceLROnPlateau with patience 1). The Lesson 14
+# Naive CNN trained from scratch at Adam 1e-3 swung between 0.91 and 0.58 validation accuracy from
+# one epoch to the next (issue 18), so a fixed rate left its best epoch to one lucky step. The rate
+# is put back when the fit ends. Only baselines trained from scratch use it (optimize.py).
 PLATEAU_FACTOR = 0.5
 
 
-def _best_weights(K, *, patience, start, first_epoch):
-    """Keep the best validation epoch's weights, restore them at the end, halve the learning rate
-    after each epoch without improvement and stop after `patience` of them. Written here rather than Keras' EarlyStopping because the two
+def _best_weights(K, *, patience, start, first_epoch, plateau_factor=None):
+    """Keep the best validation epoch's weights, restore them at the end, scale the learning rate by
+    `plateau_factor` (if given) after each epoch without improvement and stop after `patience` of them. Written here rather than Keras' EarlyStopping because the two
     flavours restore differently (tf_keras only when it stops early), and because a fine-tune
     must be able to lose to its starting weights."""
 
@@ -318,7 +323,8 @@ def _best_weights(K, *, patience, start, first_epoch):
                 self.best_weights = [w.copy() for w in self.model.get_weights()]
                 return
             self.wait += 1
-            self._scale_learning_rate(PLATEAU_FACTOR)
+            if plateau_factor is not None:
+                self._scale_learning_rate(plateau_factor)
             if patience is not None and self.wait >= patience:
                 self.stopped_early = True
                 self.model.stop_training = True
