@@ -10,8 +10,12 @@ InceptionResNetV2), each at a small input (--size, raised to what the architectu
 Each model is first trained briefly on synthetic:shapes (segmentation models on a per-pixel task
 drawn from the same images) and its BatchNormalization statistics are set from training images:
 a random ImageNet head gives near-constant outputs, and an int8 artifact that "agrees" with a
-constant proves nothing. The log says how many distinct classes each model then predicts. Calibration uses the training split,
-validation the validation split, exactly as `optkit export --data` does.
+constant proves nothing. The log says how many distinct classes each model then predicts.
+The images are mapped into each model's input contract first (optkit.contract, as `optkit export
+--data` does): EfficientNet carries its own Rescaling/Normalization and takes raw 0-255 pixels, and
+trained on [0, 1] images it would see inputs 255x too faint to learn from, and an int8 grid laid
+over them would keep nothing. Calibration uses the training split, validation the validation
+split, exactly as `optkit export --data` does.
 
 Each cell is optkit.export.export_model for one format and precision, timed end to end
 (conversion + load + validation): status (ok / unverified (Core ML off macOS) / skipped /
@@ -45,7 +49,7 @@ EXTRA = {
 }
 FORMATS = ("tflite", "onnx", "saved_model", "keras", "coreml", "tensorrt")
 PRECISIONS = ("none", "dynamic", "float16", "int8")
-CLASSES = 10
+CLASSES = int(os.environ.get("SWEEP_CLASSES", 10))
 
 
 def parse_args(argv=None):
@@ -99,22 +103,32 @@ def build(name, size):
     return zoo.build(name, input_shape=(side, side, channels), num_classes=classes), entry.task
 
 
-def training_data(model, task, n):
-    """synthetic:shapes at the model's input; segmentation gets per-pixel labels (the shape's
-    pixels vs background, by brightness bins), so both kinds train on the same images."""
+def training_data(model, task, n, contract):
+    """synthetic:shapes at the model's input, mapped into its input `contract`; segmentation gets
+    per-pixel labels (the shape's pixels vs background, by brightness bins), so both kinds train
+    on the same images."""
+    from optkit import contract as contract_mod
     from optkit.data import load_data
 
     h, w, c = (int(d) for d in model.inputs[0].shape[1:])
     data = load_data(f"synthetic:shapes?n={n}", input_shape=(h, w, c), num_classes=CLASSES, seed=0)
     if task == "classification":
-        return data
+        return contract_mod.apply(data, contract)
     classes = int(model.outputs[0].shape[-1])
 
     def masks(x):
         return np.minimum((x.mean(-1) * classes).astype(np.int64), classes - 1)
 
-    return SimpleNamespace(x_train=data.x_train, y_train=masks(data.x_train), x_val=data.x_val,
-                           y_val=masks(data.x_val), source=data.source + " (per-pixel brightness classes)")
+    return SimpleNamespace(x_train=contract.to_model(data.x_train), y_train=masks(data.x_train),
+                           x_val=contract.to_model(data.x_val), y_val=masks(data.x_val),
+                           source=data.source + " (per-pixel brightness classes)")
+
+
+def input_contract(model):
+    """The model's own contract (a leading Rescaling/Normalization: raw pixels), else `unit`."""
+    from optkit import contract as contract_mod
+
+    return contract_mod.from_model(model) or contract_mod.parse("unit", contract_mod.DEFAULT)
 
 
 def sweep(names, formats, precisions, *, size=32, train_samples=256, epochs=3, out_dir=None, log=print):
@@ -126,13 +140,14 @@ def sweep(names, formats, precisions, *, size=32, train_samples=256, epochs=3, o
     for name in names:
         t0 = time.perf_counter()
         model, task = build(name, size)
-        data = training_data(model, task, train_samples)
+        contract = input_contract(model)
+        data = training_data(model, task, train_samples, contract)
         accuracy = fit(model, data, epochs)
         shape = tuple(int(d) for d in model.inputs[0].shape[1:])
         classes = predicted_classes(model, data.x_val)
         log(f"{name} {shape}: {model.count_params() / 1e6:.2f} M params, trained {epochs} epoch(s) on "
             f"{len(data.x_train)} samples (val accuracy {accuracy:.2f}; predicts {classes} distinct "
-            f"classes on the validation images) in {time.perf_counter() - t0:.0f} s")
+            f"classes on the validation images; inputs: {contract.name}) in {time.perf_counter() - t0:.0f} s")
         folder = os.path.join(out_dir, name)
         for precision in precisions:
             for fmt in formats:
@@ -140,7 +155,8 @@ def sweep(names, formats, precisions, *, size=32, train_samples=256, epochs=3, o
                     continue
                 start = time.perf_counter()
                 try:
-                    (art,) = export_model(model, fmt, folder, quantize=precision, data=data, stem=name)
+                    (art,) = export_model(model, fmt, folder, quantize=precision, data=data, stem=name,
+                                           contract=contract)
                     status, reason, parity = art.status, art.reason, art.parity
                     size_mb = art.size_bytes / 1e6 if art.size_bytes else None
                 except Exception as exc:  # noqa: BLE001 - a crash is a failed cell, the sweep goes on

@@ -201,7 +201,7 @@ def export_one(module, model, path, *, quantize="none", data=None, threads=None,
             art.size_bytes, art.gzip_bytes = sizes(staged.path)
             art.parity = check_artifact(module, staged.path, model, quantize, inputs=inputs, reference=reference,
                                         data=data, real_data=real_data, threads=threads, max_drop=max_drop,
-                                        on_loaded=on_loaded)
+                                        on_loaded=on_loaded, contract=contract)
             art.parity.reason = files.user_words(art.parity.reason or "", path) or art.parity.reason
             if art.parity.ok is False:
                 aside = files.failed_name(path, module.SUFFIX)
@@ -242,9 +242,11 @@ def _remove_artifact(path):
 
 
 def check_artifact(module, path, model, quantize, *, inputs, data=None, reference=None, real_data=True,
-                   threads=None, max_drop: Optional[float] = None, on_loaded=None) -> Parity:
+                   threads=None, max_drop: Optional[float] = None, on_loaded=None, contract=None) -> Parity:
     """Is the artifact at `path` the model `model` (inputs in the model's space)? Output parity on
-    `inputs`, then with labelled `data` the task metric against the model's (parity.task_check)."""
+    `inputs`, then with labelled `data` the task metric against the model's (parity.task_check).
+    A quantized artifact that failed on real data also says whether its source was stable enough
+    to be matched at all (parity.source_stability)."""
     if reference is None:
         def reference(arrays):
             return _reference_outputs(model, arrays)
@@ -252,7 +254,21 @@ def check_artifact(module, path, model, quantize, *, inputs, data=None, referenc
                                input_names=_input_names(model), real_data=real_data, on_loaded=on_loaded)
     if parity.ok is not False and real_data and getattr(data, "y_test", None) is not None:
         _task_check(module, model, path, parity, data, quantize, threads, max_drop)
+    if parity.ok is False and real_data and quantize in parity_mod.QUANTIZED:
+        _explain_unstable_source(parity, model, inputs, quantize, contract)
     return parity
+
+
+def _explain_unstable_source(parity, model, inputs, quantize, contract):
+    """Add to a failed quantized artifact's reason when its source itself cannot hold still."""
+    from optkit import contract as contract_mod
+
+    grey = [abs(s) for s in (contract or contract_mod.parse("unit", contract_mod.DEFAULT)).scale]
+    try:   # the model run directly: the shared reference cache keys on batch shape, not values
+        parity.source_snr_db = parity_mod.source_stability(lambda arrays: _reference_outputs(model, arrays), inputs, grey)
+    except Exception:  # noqa: BLE001 - a diagnosis must not turn a validation failure into a crash
+        return
+    parity.reason = (parity.reason or "") + parity_mod.stability_note(parity.source_snr_db, quantize)
 
 
 def _task_check(module, model, path, parity, data, quantize, threads, max_drop):

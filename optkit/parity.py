@@ -211,6 +211,49 @@ def compare(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], pr
     return parity
 
 
+# A quantized artifact that failed is also asked whether its source could have been matched at
+# all: the float model run on the same inputs moved by up to this many grey levels (uniform
+# noise, in the model's input space). A trained model barely moves (the seven user-style models of
+# tests/user_models.py: 36-48 dB); a barely trained deep one can swing (EfficientNet-B0 after
+# 3 epochs on 180 images: 7 dB), and then no int8 copy, whose rounding perturbs every layer by
+# more than that, can agree with it. The failure stays a failure; the reason says why.
+STABILITY_GREY_LEVELS = 2.0
+# Below this SNR under that noise the source is called unstable in the reason.
+UNSTABLE_SOURCE_DB = 20.0
+
+
+def source_stability(reference_fn: Callable[[List[np.ndarray]], Sequence[np.ndarray]],
+                     inputs: Sequence[np.ndarray], grey, seed: int = 0) -> Optional[float]:
+    """Worst per-output SNR (dB) of the source's outputs on `inputs` against its outputs on the
+    same inputs plus up to ±STABILITY_GREY_LEVELS grey levels of uniform noise (`grey`: one grey
+    level in the model's input space, a number or one per channel). Image inputs (4-D float)
+    only; None when there is nothing to perturb. `reference_fn` must not cache by shape."""
+    rng = np.random.default_rng(seed)
+    noisy, touched = [], False
+    for x in inputs:
+        x = np.asarray(x)
+        if x.ndim == 4 and np.issubdtype(x.dtype, np.floating) and len(x) > 1:
+            step = STABILITY_GREY_LEVELS * np.asarray(grey, np.float32).ravel()
+            step = step if step.size in (1, x.shape[-1]) else step.max()
+            x = (x + rng.uniform(-1.0, 1.0, x.shape).astype(np.float32) * step).astype(x.dtype)
+            touched = True
+        noisy.append(x)
+    if not touched:
+        return None
+    clean = _as_list(reference_fn(list(inputs)))
+    moved = _as_list(reference_fn(noisy))
+    return min(centred_fidelity(np.asarray(c), np.asarray(m))[0] for c, m in zip(clean, moved))
+
+
+def stability_note(snr_db: Optional[float], precision: str) -> str:
+    """The reason's addition for a failed quantized artifact whose source is unstable ('' if not)."""
+    if snr_db is None or not snr_db < UNSTABLE_SOURCE_DB:
+        return ""
+    return (f"; the source model is itself unstable: ±{STABILITY_GREY_LEVELS:g} grey levels of input noise "
+            f"leave its own outputs at SNR {snr_db:.1f} dB, so no {precision} copy can follow it "
+            "(train it further, or keep it float)")
+
+
 def centred_fidelity(reference: np.ndarray, candidate: np.ndarray):
     """(SNR in dB, cosine similarity) of `candidate` against `reference`, both centred on the
     reference's per-element mean over the batch: what varies with the input is the signal.

@@ -49,6 +49,7 @@ class Parity:
     cosine: Optional[float] = None  # quantized: worst per-output cosine similarity (centred)
     inputs: str = ""                # "data" (real samples) or "random"
     metric: Optional[Dict[str, Any]] = None   # with labels: the task metric, source vs artifact
+    source_snr_db: Optional[float] = None     # failed quantized: the source's own SNR under input noise
 
     def to_json(self):
         return _clean(self)
