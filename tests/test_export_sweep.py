@@ -25,7 +25,7 @@ def _sweep_module():
 def test_efficientnet_and_convnext_export_to_onnx_and_coreml_and_validate(tmp_path):
     sweep = _sweep_module()
     rows = sweep.sweep(["efficientnet_b0", "convnext_tiny"], ["onnx", "coreml"], ["none"],
-                       size=32, train_samples=64, epochs=1, out_dir=str(tmp_path), log=lambda line: None)
+                       size=32, train_samples=64, max_rounds=1, out_dir=str(tmp_path), log=lambda line: None)
     cells = {(r["model"], r["format"], r["precision"]): r for r in rows}
     assert len(cells) == 4
     expected_coreml = "ok" if platform.system() == "Darwin" else "unverified"
