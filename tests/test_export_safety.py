@@ -141,3 +141,24 @@ def test_cli_disk_full_during_export_exits_1_with_one_line_and_leaves_nothing(ke
         assert os.listdir(folder) == []
     finally:
         subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_value_checks_on_a_tiny_validation_split_are_topped_up_from_the_other_splits(model):
+    from exporters import _common
+    from optkit.data import Dataset
+
+    rng = np.random.default_rng(0)
+
+    def split(k):
+        return rng.uniform(0, 1, (k,) + INPUT).astype(np.float32), np.zeros(k, np.int64)
+
+    (xt, yt), (xv, yv), (xs, ys) = split(10), split(1), split(3)
+    data = Dataset(xt, yt, xv, yv, xs, ys, ["a"] * 5, 5, INPUT, "six.npz")
+    inputs, source = _common.sample_inputs(model, data, n=32, split="x_val")
+    # one validation image: a centred SNR has nothing to centre on, so all 14 images are checked
+    assert len(inputs[0]) == 14 and np.array_equal(inputs[0][0], xv[0])
+    assert "validation split has only 1" in source and source.startswith("six.npz (14 samples")
+    (xv, yv) = split(20)
+    inputs, source = _common.sample_inputs(model, Dataset(xt, yt, xv, yv, xs, ys, ["a"] * 5, 5, INPUT, "d"),
+                                           n=32, split="x_val")
+    assert np.array_equal(inputs[0], xv) and source == "d (20 samples)"
