@@ -3,8 +3,9 @@ broke the converters (issue #17): EfficientNet's captured Normalization constant
 XLA-marked grouped convolutions and exact GELU. Trained briefly, BatchNormalization settled, so the
 model's answers depend on its input. The whole zoo through every format and precision is the
 benchmark's job (minutes per architecture here); this keeps the hard cases in CI. int8 fidelity is
-not asserted here: on these barely trained models int8 misses its tolerance in TFLite and ONNX
-alike (a quantization question, not a conversion one; see the sweep's output)."""
+not asserted here: it needs models trained to ~3x chance (EfficientNet-B0: 20 rounds, 3 minutes),
+and the benchmark run shows it (EfficientNet-B0 full int8 TFLite and ONNX ok at 32% accuracy,
+failed at 16%: a barely trained deep model is unstable, see optkit.parity.source_stability)."""
 import importlib.util
 import os
 import platform
@@ -24,8 +25,14 @@ def _sweep_module():
 @pytest.mark.slow
 def test_efficientnet_and_convnext_export_to_onnx_and_coreml_and_validate(tmp_path):
     sweep = _sweep_module()
-    rows = sweep.sweep(["efficientnet_b0", "convnext_tiny"], ["onnx", "coreml"], ["none"],
-                       size=32, train_samples=64, max_rounds=1, out_dir=str(tmp_path), log=lambda line: None)
+    # EfficientNet learns from real pixels (its contract is raw 0-255): a few rounds make it stable
+    # enough that float kernels' rounding is not amplified past 1e-4 (one round on 44 images:
+    # 6e-4). ConvNeXt from scratch at 32 px collapses to one class after a few rounds at Adam
+    # 1e-3; one short round leaves its answers input-dependent.
+    rows = sweep.sweep(["efficientnet_b0"], ["onnx", "coreml"], ["none"], size=32, train_samples=1000,
+                       max_rounds=4, out_dir=str(tmp_path), log=lambda line: None)
+    rows += sweep.sweep(["convnext_tiny"], ["onnx", "coreml"], ["none"], size=32, train_samples=64,
+                        max_rounds=1, out_dir=str(tmp_path), log=lambda line: None)
     cells = {(r["model"], r["format"], r["precision"]): r for r in rows}
     assert len(cells) == 4
     expected_coreml = "ok" if platform.system() == "Darwin" else "unverified"
