@@ -116,13 +116,13 @@ def build(name, size):
         model = getattr(keras.applications, cls)(weights=None, include_top=True, input_shape=(side, side, 3),
                                                  classes=CLASSES, **extra)
         model.name = name
-        return cool_head(model), zoo.CLASSIFICATION
+        return he_init(cool_head(model)), zoo.CLASSIFICATION
     entry = zoo.get(name)
     side = max(size, entry.min_size)
     side += (-side) % entry.size_multiple
     channels = entry.default_input_shape[2]
     classes = CLASSES if entry.task == zoo.CLASSIFICATION else entry.default_classes
-    return cool_head(zoo.build(name, input_shape=(side, side, channels), num_classes=classes)), entry.task
+    return he_init(cool_head(zoo.build(name, input_shape=(side, side, channels), num_classes=classes))), entry.task
 
 
 def cool_head(model):
@@ -264,11 +264,32 @@ def fit(model, data, fresh, *, max_rounds, target):
     return accuracy, rounds, seen
 
 
-def learning_rate(model):
-    """Adam 1e-3 for networks with BatchNormalization; 1e-4 for deep ones without (VGG-16 from
-    scratch at 1e-3 answered one class for every image after 12 rounds: its ReLUs died)."""
+def deep_unnormalized(model):
+    """A deep network with no normalization layer (VGG-16): trained from scratch it needs He
+    initialisation and a gentler rate."""
     normalized = any(type(l).__name__ in ("BatchNormalization", "LayerNormalization") for l in model._flatten_layers())
-    return 1e-3 if normalized or len(model.layers) < 12 else 1e-4
+    return not normalized and len(model.layers) >= 12
+
+
+def learning_rate(model):
+    """Adam 1e-3, or 1e-4 for deep networks without normalization."""
+    return 1e-4 if deep_unnormalized(model) else 1e-3
+
+
+def he_init(model):
+    """Re-draw the ReLU conv/dense kernels of a deep unnormalized network with He-normal (He et al.
+    2015 trained VGG from scratch so). keras.applications' VGG-16 uses Glorot, made to be loaded
+    with ImageNet weights: from scratch at 32 px, its 13 ReLU convs shrink the signal until every
+    image gets the same answer (40 rounds at Adam 1e-4: one class, 10%)."""
+    from optkit import keras_io
+
+    if not deep_unnormalized(model):
+        return model
+    keras = keras_io.keras3()
+    for i, layer in enumerate(model.layers):
+        if getattr(getattr(layer, "activation", None), "__name__", "") == "relu" and hasattr(layer, "kernel"):
+            layer.kernel.assign(keras.initializers.HeNormal(seed=i)(layer.kernel.shape))
+    return model
 
 
 def settle_batch_norm(model, x):
