@@ -162,10 +162,11 @@ def training_data(model, task, n, contract, draw=0):
 
 
 def input_contract(model):
-    """The model's own contract (a leading Rescaling/Normalization: raw pixels), else `unit`."""
+    """The model's contract as `optkit export` resolves it without --preprocess or data: its own
+    leading Rescaling/Normalization means raw pixels, else `unit`."""
     from optkit import contract as contract_mod
 
-    return contract_mod.from_model(model) or contract_mod.parse("unit", contract_mod.DEFAULT)
+    return contract_mod.resolve(model=model)
 
 
 def sweep(names, formats, precisions, *, size=32, train_samples=2000, max_rounds=40, target=None,
