@@ -43,3 +43,40 @@ def test_efficientnet_and_convnext_export_to_onnx_and_coreml_and_validate(tmp_pa
             # judged against a model whose answer depends on its input
             assert row["predicted_classes"] >= 2 and row["top1"] >= 0.97 and row["max_abs"] < 1e-4, row
     print("\n" + sweep.matrix(rows))
+
+
+def _row(model, fmt, status):
+    return {"model": model, "input": [32, 32, 1], "format": fmt, "precision": "none", "predicted_classes": 10,
+            "val_accuracy": 0.3, "status": status, "reason": "" if status == "ok" else "validation failed: x",
+            "max_abs": 1e-7, "top1": 1.0, "snr_db": 90.0, "mixed": None, "size_mb": 0.25, "time_s": 1.5}
+
+
+@pytest.mark.unit
+def test_resume_keeps_saved_models_and_prints_their_matrix(tmp_path, capsys):
+    """--resume: models already in --json are not run again; the matrix and the exit code cover
+    them (a zoo sweep runs for hours here and is finished in parts)."""
+    import json
+
+    sweep = _sweep_module()
+    saved = tmp_path / "rows.json"
+    saved.write_text(json.dumps([_row("lenet5", "tflite", "ok"), _row("lenet5", "onnx", "ok"),
+                                 _row("alexnet", "onnx", "failed")]))
+    assert sweep.main(["--models", "lenet5", "--formats", "tflite,onnx", "--precisions", "none",
+                       "--json", str(saved), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming: 1 model(s)" in out and "2 cells: 2 ok" in out
+    assert [line.split() for line in out.splitlines() if line.startswith("lenet5 ")] == [["lenet5", "ok", "ok"]]
+    # other models' rows stay in the file
+    assert sorted(r["model"] for r in json.loads(saved.read_text())) == ["alexnet", "lenet5", "lenet5"]
+    # a saved failure stays a failure
+    saved.write_text(json.dumps([_row("alexnet", "onnx", "failed")]))
+    assert sweep.main(["--models", "alexnet", "--formats", "onnx", "--precisions", "none",
+                       "--json", str(saved), "--resume"]) == 1
+    assert "1 failed" in capsys.readouterr().out
+
+
+@pytest.mark.unit
+def test_resume_without_json_is_one_line():
+    sweep = _sweep_module()
+    with pytest.raises(SystemExit, match="--resume needs --json"):
+        sweep.main(["--models", "lenet5", "--resume"])
