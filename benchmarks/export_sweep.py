@@ -242,6 +242,39 @@ def sweep(names, formats, precisions, *, size=32, train_samples=2000, max_rounds
     return rows
 
 
+def sweep_isolated(names, formats, precisions, *, on_model=None, **kwargs):
+    """sweep(), each model in its own spawned process, rows back to this one. Why: TensorFlow keeps
+    the graphs every converter traced, and one process that had run ConvNeXt-Tiny, DenseNet-121 and
+    part of Inception-v3 held 15 GB and was killed by the OOM killer (24 GB machine, a second sweep
+    beside it). A model whose process dies anyway gets a failed row for each of its cells."""
+    import concurrent.futures
+    import functools
+    import multiprocessing
+
+    import exporters
+
+    rows = []
+    for name in names:
+        started = time.perf_counter()
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            try:
+                rows += pool.submit(sweep, [name], formats, precisions, log=functools.partial(print, flush=True),
+                                    **kwargs).result()
+            except concurrent.futures.process.BrokenProcessPool:
+                reason = "the model's sweep process died (killed: out of memory?)"
+                for precision in precisions:
+                    for fmt in formats:
+                        if precision in exporters.get(fmt).PRECISIONS:
+                            rows.append({"model": name, "input": None, "format": fmt, "precision": precision,
+                                         "predicted_classes": None, "val_accuracy": None, "status": "failed",
+                                         "reason": reason, "max_abs": None, "top1": None, "snr_db": None,
+                                         "mixed": None, "size_mb": None, "time_s": time.perf_counter() - started})
+                            print(format_row(rows[-1]), flush=True)
+        if on_model:
+            on_model(rows)
+    return rows
+
+
 def export_cell(model, fmt, folder, precision, data, name, contract, options=None):
     """(artifact or None, status, reason, parity) of one export; a crash is a failed cell."""
     from optkit.export import export_model
@@ -405,16 +438,16 @@ def main(argv=None):
     print(f"{'model':<20} {'format':<12} {'precision':<8} {'status':<10} {'max|d|':>8} {'top1':>5} "
           f"{'MB':>8} {'time s':>6}  reason", flush=True)
     with tempfile.TemporaryDirectory(prefix="optkit-sweep-") as tmp:
-        rows = done + sweep(names, formats, precisions, size=args.size, train_samples=args.train_samples,
-                     max_rounds=args.max_rounds, target=args.target, accuracy_aware=not args.full_int8_only,
-                     out_dir=args.out or tmp, log=lambda line: print(line, flush=True),
-                     on_model=lambda rows: save(others + done + rows, args.json))
+        rows = done + sweep_isolated(names, formats, precisions, size=args.size, train_samples=args.train_samples,
+                                     max_rounds=args.max_rounds, target=args.target,
+                                     accuracy_aware=not args.full_int8_only, out_dir=args.out or tmp,
+                                     on_model=lambda rows: save(others + done + rows, args.json))
     print()
     print(matrix(rows))
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "unverified", "skipped", "failed")}
     print(f"\n{len(rows)} cells: " + ", ".join(f"{v} {k}" for k, v in counts.items())
           + f"; {time.perf_counter() - started:.0f} s in this process"
-          + (f", the cells' exports {sum(r['time_s'] for r in rows):.0f} s in all" if done else " (2 shared cores)"))
+          + (f", the cells' exports {sum(r['time_s'] for r in rows):.0f} s in all" if done else " (each model in its own process; 2 shared cores)"))
     save(others + rows, args.json)
     return 1 if counts["failed"] else 0
 
