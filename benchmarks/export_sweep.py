@@ -5,8 +5,8 @@
         [--target X] [--json OUT [--resume]]
 
 Architectures: the 18 zoo entries and the smallest member of each keras.applications family the
-zoo lacks (EfficientNetV2B0, ResNet50V2, RegNetX002, RegNetY002, MobileNet v1,
-InceptionResNetV2), each at a small input (--size, raised to what the architecture accepts).
+zoo lacks (EfficientNetV2B0, ResNet50V2, MobileNet v1, InceptionResNetV2; Keras 3 has no
+RegNet), each at a small input (--size, raised to what the architecture accepts).
 
 Each model is first trained on synthetic:shapes (segmentation models on a per-pixel task drawn
 from the same images) until it clearly beats chance on held-out images: rounds of one epoch, each
@@ -27,6 +27,8 @@ steady under input noise (SNR >= STEADY_DB, see fit).
 
 A zoo sweep takes about two hours on 2 cores: --json saves the rows after each model, and
 --resume runs only the models not yet in that file, then prints the matrix of all asked for.
+Each model runs in its own process (sweep_isolated): TensorFlow keeps what every converter
+traced, and one process holding three big models was OOM-killed at 15 GB.
 
 Each cell is optkit.export.export_model for one format and precision, timed end to end
 (conversion + load + validation): status (ok / unverified (Core ML off macOS) / skipped /
@@ -54,11 +56,10 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 # The smallest member of each keras.applications family the zoo does not have: (name, class, min size).
+# (Keras 3 has no RegNet: keras.applications.RegNetX002 is tf_keras only.)
 EXTRA = {
     "efficientnet_v2_b0": ("EfficientNetV2B0", 32, {"include_preprocessing": False}),
     "resnet50_v2": ("ResNet50V2", 32, {}),
-    "regnetx002": ("RegNetX002", 32, {"include_preprocessing": False}),
-    "regnety002": ("RegNetY002", 32, {"include_preprocessing": False}),
     "mobilenet_v1": ("MobileNet", 32, {}),
     "inception_resnet_v2": ("InceptionResNetV2", 75, {}),
 }
@@ -260,8 +261,10 @@ def sweep_isolated(names, formats, precisions, *, on_model=None, **kwargs):
             try:
                 rows += pool.submit(sweep, [name], formats, precisions, log=functools.partial(print, flush=True),
                                     **kwargs).result()
-            except concurrent.futures.process.BrokenProcessPool:
-                reason = "the model's sweep process died (killed: out of memory?)"
+            except Exception as exc:  # noqa: BLE001 - one model's crash must not end the sweep
+                reason = ("the model's sweep process died (killed: out of memory?)"
+                          if isinstance(exc, concurrent.futures.process.BrokenProcessPool)
+                          else f"{type(exc).__name__}: {exc}")
                 for precision in precisions:
                     for fmt in formats:
                         if precision in exporters.get(fmt).PRECISIONS:
