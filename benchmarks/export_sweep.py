@@ -431,7 +431,7 @@ def main(argv=None):
         if os.path.exists(args.json):
             with open(args.json) as fh:
                 saved = json.load(fh)
-            done = [r for r in saved if r["model"] in names]
+            done = sorted((r for r in saved if r["model"] in names), key=lambda r: names.index(r["model"]))
             others = [r for r in saved if r["model"] not in names]
             print(f"resuming: {len(dict.fromkeys(r['model'] for r in done))} model(s) from {args.json}", flush=True)
     names = [n for n in names if n not in {r["model"] for r in done}]
