@@ -6,7 +6,8 @@
 
 Architectures: the 18 zoo entries and the smallest member of each keras.applications family the
 zoo lacks (EfficientNetV2B0, ResNet50V2, MobileNet v1, InceptionResNetV2; Keras 3 has no
-RegNet), each at a small input (--size, raised to what the architecture accepts).
+RegNet), each at a small input (--size, raised to what the architecture accepts, and for ResNet-50
+to 64: SWEEP_MIN_SIZE).
 
 Each model is first trained on synthetic:shapes (segmentation models on a per-pixel task drawn
 from the same images) until it clearly beats chance on held-out images: rounds of one epoch, each
@@ -63,6 +64,12 @@ EXTRA = {
     "mobilenet_v1": ("MobileNet", 32, {}),
     "inception_resnet_v2": ("InceptionResNetV2", 75, {}),
 }
+# Architectures the sweep runs above --size. ResNet-50 at 32 px runs its conv5 stage on 1x1 maps
+# (conv4 on 2x2), and its full int8 copy sits on the validator's edge there: 3 of 4 trainings
+# failed (SNR 9.0-9.7 dB < 10 dB; 14 float layers, all in conv4/conv5, still 3-4 points below
+# float). At 64 px (conv5 on 2x2) it passed cleanly: max |d| 0.059/0.044, top-1 1.00. optkit is
+# right to fail the 32 px artifacts; the sweep's question is whether the architecture exports.
+SWEEP_MIN_SIZE = {"resnet50": 64}
 FORMATS = ("tflite", "onnx", "saved_model", "keras", "coreml", "tensorrt")
 # Formats with accuracy-aware int8 (optkit.quant_debug), and the goal the sweep gives it when full
 # int8 fails: what `optkit export --quantize int8 --max-accuracy-drop 1` does for a user.
@@ -129,7 +136,7 @@ def build(name, size):
         model.name = name
         return he_init(cool_head(model)), zoo.CLASSIFICATION
     entry = zoo.get(name)
-    side = max(size, entry.min_size)
+    side = max(size, entry.min_size, SWEEP_MIN_SIZE.get(name, 0))
     side += (-side) % entry.size_multiple
     channels = entry.default_input_shape[2]
     classes = CLASSES if entry.task == zoo.CLASSIFICATION else entry.default_classes
@@ -434,6 +441,7 @@ def main(argv=None):
             done = sorted((r for r in saved if r["model"] in names), key=lambda r: names.index(r["model"]))
             others = [r for r in saved if r["model"] not in names]
             print(f"resuming: {len(dict.fromkeys(r['model'] for r in done))} model(s) from {args.json}", flush=True)
+    names_asked = names
     names = [n for n in names if n not in {r["model"] for r in done}]
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
@@ -445,6 +453,7 @@ def main(argv=None):
                                      max_rounds=args.max_rounds, target=args.target,
                                      accuracy_aware=not args.full_int8_only, out_dir=args.out or tmp,
                                      on_model=lambda rows: save(others + done + rows, args.json))
+        rows.sort(key=lambda r: names_asked.index(r["model"]))   # the asked order, resumed rows or not
     print()
     print(matrix(rows))
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "unverified", "skipped", "failed")}
