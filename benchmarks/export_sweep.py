@@ -430,21 +430,27 @@ def save(rows, path):
 def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import exporters
+
     names = model_names(args.models)
-    done, others = [], []   # saved rows of the models asked for / of other models (kept in the file)
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    done, others = [], []   # saved rows to show / saved rows kept in the file but not shown
     if args.resume:
         if not args.json:
             raise SystemExit("--resume needs --json (the rows to go on from)")
         if os.path.exists(args.json):
             with open(args.json) as fh:
                 saved = json.load(fh)
-            done = sorted((r for r in saved if r["model"] in names), key=lambda r: names.index(r["model"]))
-            others = [r for r in saved if r["model"] not in names]
-            print(f"resuming: {len(dict.fromkeys(r['model'] for r in done))} model(s) from {args.json}", flush=True)
+            # a model counts as done only when every asked cell is saved; the rest run again
+            wanted = {(f, p) for p in precisions for f in formats if p in exporters.get(f).PRECISIONS}
+            complete = [m for m in names if wanted <= {(r["format"], r["precision"]) for r in saved if r["model"] == m}]
+            done = sorted((r for r in saved if r["model"] in complete and (r["format"], r["precision"]) in wanted),
+                          key=lambda r: names.index(r["model"]))
+            others = [r for r in saved if r["model"] not in names or (r["format"], r["precision"]) not in wanted]
+            print(f"resuming: {len(complete)} model(s) from {args.json}", flush=True)
     names_asked = names
     names = [n for n in names if n not in {r["model"] for r in done}]
-    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     started = time.perf_counter()
     print(f"{'model':<20} {'format':<12} {'precision':<8} {'status':<10} {'max|d|':>8} {'top1':>5} "
           f"{'MB':>8} {'time s':>6}  reason", flush=True)

@@ -88,6 +88,12 @@ def test_resume_keeps_saved_models_and_prints_their_matrix(tmp_path, capsys):
     assert [line.split() for line in out.splitlines() if line.startswith("lenet5 ")] == [["lenet5", "ok", "ok"]]
     # other models' rows stay in the file
     assert sorted(r["model"] for r in json.loads(saved.read_text())) == ["alexnet", "lenet5", "lenet5"]
+    # cells not asked for are not shown but stay in the file
+    assert sweep.main(["--models", "lenet5", "--formats", "tflite", "--precisions", "none",
+                       "--json", str(saved), "--resume"]) == 0
+    assert "1 cells: 1 ok" in capsys.readouterr().out
+    assert sorted((r["model"], r["format"]) for r in json.loads(saved.read_text())) == [
+        ("alexnet", "onnx"), ("lenet5", "onnx"), ("lenet5", "tflite")]
     # a saved failure stays a failure
     saved.write_text(json.dumps([_row("alexnet", "onnx", "failed")]))
     assert sweep.main(["--models", "alexnet", "--formats", "onnx", "--precisions", "none",
