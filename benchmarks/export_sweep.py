@@ -192,8 +192,6 @@ def sweep(names, formats, precisions, *, size=32, train_samples=2000, max_rounds
     """Run the matrix; returns one row dict per (model, format, precision) cell. With
     `accuracy_aware`, an int8 cell whose full-int8 artifact fails validation is exported again
     with --max-accuracy-drop (ACCURACY_AWARE_DROP) and marked `mixed` (its float layers named)."""
-    import exporters
-
     rows = []
     for name in names:
         t0 = time.perf_counter()
@@ -212,42 +210,54 @@ def sweep(names, formats, precisions, *, size=32, train_samples=2000, max_rounds
             f"noise: SNR {_num(snr, '.1f')} dB (steady from {STEADY_DB:g}); predicts {classes} distinct "
             f"classes on the validation images; inputs: {contract.name}; {time.perf_counter() - t0:.0f} s")
         folder = os.path.join(out_dir, name)
-        for precision in precisions:
-            for fmt in formats:
-                if precision not in exporters.get(fmt).PRECISIONS:
-                    continue
-                start = time.perf_counter()
-                art, status, reason, parity = export_cell(model, fmt, folder, precision, data, name, contract)
-                mixed = None
-                if status == "failed" and precision == "int8" and str(reason).startswith("validation failed") \
-                        and fmt in ACCURACY_AWARE and accuracy_aware:
-                    # what a user does next (issue #12): keep the worst layers float until within 1 point
-                    full_int8 = reason
-                    art, status, reason, parity = export_cell(model, fmt, folder, precision, data, name, contract,
-                                                              {fmt: {"max_accuracy_drop": ACCURACY_AWARE_DROP}})
-                    if art is not None and art.quantization:
-                        mixed = {"float_layers": list(art.quantization.get("float_layers") or []),
-                                 "quantizable_layers": art.quantization.get("quantizable_layers"),
-                                 "full_int8": " ".join(full_int8.split())[:200]}
-                if status == "ok" and parity is not None and parity.ok is None:
-                    status = "unverified"
-                if status == "ok" and precision != "none" and classes < 2:
-                    # a source that answers one class for every image: agreement with it proves nothing
-                    status, reason = "unverified", ("the trained model answers one class for every image, so "
-                                                    "agreeing with it proves nothing")
-                size_mb = art.size_bytes / 1e6 if art is not None and art.size_bytes else None
-                row = {"model": name, "input": list(shape), "format": fmt, "precision": precision,
-                       "predicted_classes": classes, "val_accuracy": accuracy,
-                       "status": status, "reason": " ".join(str(reason or "").split())[:200],
-                       "max_abs": getattr(parity, "max_abs", None), "top1": getattr(parity, "top1_agreement", None),
-                       "snr_db": getattr(parity, "snr_db", None), "mixed": mixed,
-                       "size_mb": size_mb, "time_s": time.perf_counter() - start}
-                rows.append(row)
-                log(format_row(row))
+        for fmt, precision in offered_cells(formats, precisions):
+            start = time.perf_counter()
+            art, status, reason, parity = export_cell(model, fmt, folder, precision, data, name, contract)
+            mixed = None
+            if status == "failed" and precision == "int8" and str(reason).startswith("validation failed") \
+                    and fmt in ACCURACY_AWARE and accuracy_aware:
+                # what a user does next (issue #12): keep the worst layers float until within 1 point
+                full_int8 = reason
+                art, status, reason, parity = export_cell(model, fmt, folder, precision, data, name, contract,
+                                                          {fmt: {"max_accuracy_drop": ACCURACY_AWARE_DROP}})
+                if art is not None and art.quantization:
+                    mixed = {"float_layers": list(art.quantization.get("float_layers") or []),
+                             "quantizable_layers": art.quantization.get("quantizable_layers"),
+                             "full_int8": " ".join(full_int8.split())[:200]}
+            if status == "ok" and parity is not None and parity.ok is None:
+                status = "unverified"
+            if status == "ok" and precision != "none" and classes < 2:
+                # a source that answers one class for every image: agreement with it proves nothing
+                status, reason = "unverified", ("the trained model answers one class for every image, so "
+                                                "agreeing with it proves nothing")
+            size_mb = art.size_bytes / 1e6 if art is not None and art.size_bytes else None
+            row = cell_row(name, fmt, precision, status, reason, time.perf_counter() - start, shape=shape,
+                           classes=classes, accuracy=accuracy, parity=parity, mixed=mixed, size_mb=size_mb)
+            rows.append(row)
+            log(format_row(row))
         del model
         if on_model:
             on_model(rows)   # e.g. save the rows so far: a full sweep runs for hours
     return rows
+
+
+def offered_cells(formats, precisions):
+    """The (format, precision) cells to run, precision by precision: precisions a format does not
+    offer are left out."""
+    import exporters
+
+    return [(fmt, precision) for precision in precisions for fmt in formats
+            if precision in exporters.get(fmt).PRECISIONS]
+
+
+def cell_row(name, fmt, precision, status, reason, time_s, *, shape=None, classes=None, accuracy=None,
+             parity=None, mixed=None, size_mb=None):
+    """One cell of the matrix as saved to --json."""
+    return {"model": name, "input": list(shape) if shape else None, "format": fmt, "precision": precision,
+            "predicted_classes": classes, "val_accuracy": accuracy,
+            "status": status, "reason": " ".join(str(reason or "").split())[:200],
+            "max_abs": getattr(parity, "max_abs", None), "top1": getattr(parity, "top1_agreement", None),
+            "snr_db": getattr(parity, "snr_db", None), "mixed": mixed, "size_mb": size_mb, "time_s": time_s}
 
 
 def sweep_isolated(names, formats, precisions, *, on_model=None, **kwargs):
@@ -258,8 +268,6 @@ def sweep_isolated(names, formats, precisions, *, on_model=None, **kwargs):
     import concurrent.futures
     import functools
     import multiprocessing
-
-    import exporters
 
     rows = []
     for name in names:
@@ -272,14 +280,9 @@ def sweep_isolated(names, formats, precisions, *, on_model=None, **kwargs):
                 reason = ("the model's sweep process died (killed: out of memory?)"
                           if isinstance(exc, concurrent.futures.process.BrokenProcessPool)
                           else f"{type(exc).__name__}: {exc}")
-                for precision in precisions:
-                    for fmt in formats:
-                        if precision in exporters.get(fmt).PRECISIONS:
-                            rows.append({"model": name, "input": None, "format": fmt, "precision": precision,
-                                         "predicted_classes": None, "val_accuracy": None, "status": "failed",
-                                         "reason": reason, "max_abs": None, "top1": None, "snr_db": None,
-                                         "mixed": None, "size_mb": None, "time_s": time.perf_counter() - started})
-                            print(format_row(rows[-1]), flush=True)
+                for fmt, precision in offered_cells(formats, precisions):
+                    rows.append(cell_row(name, fmt, precision, "failed", reason, time.perf_counter() - started))
+                    print(format_row(rows[-1]), flush=True)
         if on_model:
             on_model(rows)
     return rows
@@ -430,8 +433,6 @@ def save(rows, path):
 def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import exporters
-
     names = model_names(args.models)
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
@@ -443,7 +444,7 @@ def main(argv=None):
             with open(args.json) as fh:
                 saved = json.load(fh)
             # a model counts as done only when every asked cell is saved; the rest run again
-            wanted = {(f, p) for p in precisions for f in formats if p in exporters.get(f).PRECISIONS}
+            wanted = set(offered_cells(formats, precisions))
             complete = [m for m in names if wanted <= {(r["format"], r["precision"]) for r in saved if r["model"] == m}]
             done = sorted((r for r in saved if r["model"] in complete and (r["format"], r["precision"]) in wanted),
                           key=lambda r: names.index(r["model"]))

@@ -322,6 +322,8 @@ def test_small_data_is_named_in_one_line_and_large_data_is_not():
     assert data.is_small(np.array([0] * 600 + [1] * 40))   # one class below 50
 
 
+def test_keras_datasets_not_in_the_cache_offline_or_unknown_are_user_errors():
+    """(Reading the Keras cache itself is tests/test_keras_datasets.py: CIFAR's reader imports TensorFlow.)"""
     with pytest.raises(UserError, match="offline mode forbids downloading"):
         load_data("keras:cifar100", offline=True)
     with pytest.raises(UserError, match="unknown Keras dataset"):
